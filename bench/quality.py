@@ -1,0 +1,79 @@
+"""`reaseq bench quality`: ranker vs popularity under the protocol, median of seeds, beside published anchors."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ranking.experiment import (
+    dataset_record,
+    evaluate_popularity,
+    machine_description,
+    train_and_save,
+)
+from ranking.splits import SequenceData
+from ranking.train import TrainConfig
+
+COLUMNS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "HR@200", "NDCG@200", "MRR")
+
+# Published ML-1M numbers (HR@10, NDCG@10) under the same protocol; see ARCHITECTURE.md.
+ANCHORS_ML1M = {
+    "SASRec (generative-recommenders)": (0.2853, 0.1603),
+    "HSTU-large (generative-recommenders)": (0.3294, 0.1893),
+    "SASRec full CE (Klenitskiy & Vasilev 2023)": (0.3152, 0.1821),
+    "FuXi-α": (0.3164, 0.1813),
+}
+
+
+def median_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per-metric median over runs."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def run_quality(data: SequenceData, cfg: TrainConfig, seeds: list[int], progress: bool = True) -> dict[str, Any]:
+    """Popularity once, the ranker once per seed; medians and every run, ready for JSON."""
+    started = time.time()
+    popularity = evaluate_popularity(data, "test")
+    runs = []
+    for seed in seeds:
+        run = train_and_save(data, replace(cfg, seed=seed), progress=progress)
+        runs.append({"seed": seed, "artifact": str(run.artifact.path), "test": run.test,
+                     "best_epoch": run.artifact.metrics["best_epoch"],
+                     "train_seconds": run.artifact.metrics["train_seconds"]})
+    return {
+        "dataset": dataset_record(data),
+        "machine": machine_description(),
+        "config": cfg.to_dict(),
+        "seeds": seeds,
+        "popularity": popularity,
+        "ranker_runs": runs,
+        "ranker_median": median_metrics([r["test"] for r in runs]),
+        "wall_seconds": round(time.time() - started, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The results table, with the published ML-1M anchors under it for scale."""
+    name = result["dataset"]["name"]
+    seeds = len(result["seeds"])
+    lines = [f"| model ({name}, test, full ranking) | " + " | ".join(COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    rows = [("Popularity", result["popularity"]),
+            (f"SASRec-CE (ours, median of {seeds} seed{'s' * (seeds > 1)})", result["ranker_median"])]
+    for label, metrics in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS) + " |")
+    for label, (hr, ndcg) in ANCHORS_ML1M.items():
+        lines.append(f"| *{label}, published, ML-1M* | {hr:.4f} | {ndcg:.4f} |" + " – |" * (len(COLUMNS) - 2))
+    return "\n".join(lines)
+
+
+def write_result(result: dict[str, Any], out_dir: Path = Path("bench/results")) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"quality-{result['dataset']['name']}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path

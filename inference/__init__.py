@@ -1,0 +1,1 @@
+"""What runs on GPUs at serving time or as LLM batch work: behaviour model, knowledge agents, Ray Serve apps."""

@@ -1,0 +1,1 @@
+"""Metric names and helpers, Grafana dashboards, Prometheus rules (a leaf: anyone may import it)."""

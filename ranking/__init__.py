@@ -1,0 +1,1 @@
+"""Datasets, splits, the sequential ranker, its training and evaluation (imports neither inference nor streaming)."""

@@ -1,0 +1,1 @@
+"""ReaSeq streaming recommender: the `reaseq` command line."""

@@ -1,0 +1,3 @@
+from reaseq.cli import main
+
+raise SystemExit(main())

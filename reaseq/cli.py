@@ -1,0 +1,229 @@
+"""`reaseq`: one command line for data, training, evaluation, benchmarks and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+ReaSeq streaming recommender.
+
+Events flow one way: Kafka (reaseq.events) -> PyFlink job (per-user state) -> Ray Serve
+(behaviour reasoner, sequential ranker) -> Kafka (reaseq.user-state, reaseq.user-scores).
+Offline jobs build item knowledge and train the models as versioned artifacts.
+
+Start with `reaseq demo` (what `make demo` runs), or step by step:
+  reaseq data fetch ml-100k          download and verify MovieLens-100K
+  reaseq train ranker --dataset ml-100k
+  reaseq evaluate --dataset ml-100k  test metrics of the latest ranker (+ popularity)
+  reaseq bench quality --seeds 1 2 3 table beside published anchors, JSON in bench/results/
+"""
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"],
+                        help="dataset name (default: ml-100k)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the raw files (required for ml-1m unless REASEQ_DATA_DIR "
+                             "is set or its download is reachable)")
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML with model/train sections "
+                        "(default: ranking/configs/ranker-<dataset>.yaml)")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--max-seconds", type=float, default=None, help="time budget per training run")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reaseq", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="download, verify and describe datasets")
+    data_cmds = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_cmds.add_parser("fetch", help="download and verify a dataset into the cache")
+    fetch.add_argument("name", choices=["ml-100k", "ml-1m"])
+    fetch.add_argument("--data-dir", default=None, help="local copy to verify instead of downloading")
+    info = data_cmds.add_parser("info", help="counts and split sizes of a dataset")
+    _add_data_args(info)
+
+    train = commands.add_parser("train", help="train a model and save it as a versioned artifact")
+    train_cmds = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    ranker = train_cmds.add_parser("ranker", help="SASRec-style ranker with full-softmax cross-entropy")
+    _add_data_args(ranker)
+    _add_train_args(ranker)
+    ranker.add_argument("--seed", type=int, default=None, help="random seed (default from config: 42)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a ranker artifact under the protocol")
+    _add_data_args(evaluate)
+    evaluate.add_argument("--artifact", default=None,
+                          help="artifact directory, or <dataset>[/<version>] under ./artifacts/ranker "
+                               "(default: the dataset's latest)")
+    evaluate.add_argument("--split", default="test", choices=["valid", "test"])
+    evaluate.add_argument("--device", default="auto")
+
+    bench = commands.add_parser("bench", help="benchmarks (quality tables; more as parts land)")
+    bench_cmds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    quality = bench_cmds.add_parser("quality", help="ranker vs popularity, median of seeds, "
+                                    "beside published anchors; JSON to bench/results/")
+    _add_data_args(quality)
+    _add_train_args(quality)
+    quality.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    quality.add_argument("--out", default="bench/results", help="folder for the JSON result")
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default (ML-100K): data, "
+                               "train, evaluate, results table, a few users' recommendations")
+    _add_train_args(demo)
+    demo.add_argument("--seeds", type=int, nargs="+", default=[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ranking.config import ConfigError
+    from ranking.data import DatasetError
+
+    handlers = {"data": _data, "train": _train, "evaluate": _evaluate, "bench": _bench, "demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except (DatasetError, ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"reaseq: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("reaseq: interrupted", file=sys.stderr)
+        return 130
+
+
+def _data(args: argparse.Namespace) -> int:
+    from ranking.data import fetch_ml100k, load_dataset
+    from ranking.splits import build_sequences
+
+    if args.data_command == "fetch":
+        if args.name == "ml-100k" and not args.data_dir:
+            print(f"MovieLens-100K verified in {fetch_ml100k()}")
+        else:
+            dataset = load_dataset(args.name, args.data_dir)
+            print(f"{args.name} verified: {len(dataset.interactions):,} interactions")
+        return 0
+    dataset = load_dataset(args.dataset, args.data_dir)
+    data = build_sequences(dataset)
+    lengths = sorted(len(s) for s in data.sequences)
+    print(json.dumps({
+        "dataset": dataset.name, "fingerprint": dataset.fingerprint,
+        "interactions": len(dataset.interactions), "users": len(data.user_ids), "items": data.num_items,
+        "items_with_freebase_link": int(dataset.items.freebase_id.notna().sum()),
+        "kg_triples": 0 if dataset.kg is None else len(dataset.kg),
+        "sequence_length": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
+        "split": {"train_items": sum(lengths) - 2 * len(lengths), "valid": len(lengths), "test": len(lengths)},
+    }, indent=2))
+    return 0
+
+
+def _train_config(args: argparse.Namespace, dataset: str):
+    from ranking.config import load_train_config
+
+    return load_train_config(args.config, dataset, epochs=args.epochs, device=args.device,
+                             max_seconds=args.max_seconds, seed=getattr(args, "seed", None))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ranking.experiment import load_sequences, train_and_save
+
+    cfg = _train_config(args, args.dataset)
+    data = load_sequences(args.dataset, args.data_dir)
+    run = train_and_save(data, cfg, progress=not args.quiet)
+    print(f"saved {run.artifact.path} (best epoch {run.artifact.metrics['best_epoch']})")
+    print(_metrics_line("valid", run.valid))
+    print(_metrics_line("test", run.test))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ranking.artifacts import resolve_artifact
+    from ranking.experiment import evaluate_artifact, evaluate_popularity, load_sequences
+
+    data = load_sequences(args.dataset, args.data_dir)
+    path = resolve_artifact(args.artifact or args.dataset)
+    print(f"artifact {path}")
+    print(_metrics_line("ranker", evaluate_artifact(path, data, args.split, args.device)))
+    print(_metrics_line("popularity", evaluate_popularity(data, args.split)))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.quality import markdown_table, run_quality, write_result
+    from ranking.experiment import load_sequences
+
+    cfg = _train_config(args, args.dataset)
+    data = load_sequences(args.dataset, args.data_dir)
+    result = run_quality(data, cfg, args.seeds, progress=not args.quiet)
+    result["command"] = "reaseq " + " ".join(sys.argv[1:])
+    print(markdown_table(result))
+    print(f"\nmachine: {result['machine']}; wall time {result['wall_seconds']:.0f} s; "
+          f"JSON: {write_result(result, Path(args.out))}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from bench.quality import markdown_table, run_quality, write_result
+    from ranking.data import load_dataset
+    from ranking.experiment import load_ranker
+    from ranking.splits import build_sequences
+
+    started = time.time()
+    print("[1/3] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
+    dataset = load_dataset("ml-100k")
+    data = build_sequences(dataset)
+    print(f"      {len(dataset.interactions):,} interactions, {len(data.user_ids)} users, {data.num_items:,} items")
+    print(f"[2/3] train + evaluate: popularity and the SASRec-CE ranker (seeds {args.seeds})")
+    cfg = _train_config(args, "ml-100k")
+    result = run_quality(data, cfg, args.seeds, progress=not args.quiet)
+    result["command"] = "reaseq demo"
+    write_result(result, Path("bench/results/demo"))
+    print("[3/3] results (leave-one-out, full ranking over all items minus the user's history)\n")
+    print(markdown_table(result))
+    from ranking.artifacts import load_artifact
+
+    artifact = load_artifact(Path(result["ranker_runs"][0]["artifact"]))
+    print(f"\nranker artifact: {artifact.path}")
+    print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of()))
+    print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
+    return 0
+
+
+def _sample_recommendations(model, data, titles: dict[str, str], users: int = 3, k: int = 5) -> str:
+    import torch
+
+    from ranking.model import left_pad
+
+    lines = []
+    for user in range(users):
+        history = data.sequences[user][:-1]
+        with torch.no_grad():
+            scores = model.score_last(left_pad([history], model.cfg.max_len).to(next(model.parameters()).device))[0]
+        scores[0] = -torch.inf
+        scores[torch.as_tensor(history)] = -torch.inf
+        top = torch.topk(scores, k).indices.tolist()
+        name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
+        lines.append(f"user {data.user_ids[user]}: last watched {', '.join(name(i) for i in history[-3:])}")
+        lines.append(f"   held-out next: {name(data.test_target(user))}")
+        lines.append(f"   recommended:   {'; '.join(name(i) for i in top)}")
+    return "\n".join(lines)
+
+
+def _metrics_line(label: str, metrics: dict[str, float]) -> str:
+    return f"{label:>10}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Streaming layer: Kafka topics and broker, the PyFlink job, event schemas and replay."""

@@ -1,0 +1,167 @@
+"""Resolve the pinned JVM jars (Kafka broker, Flink Kafka connector) into a local cache.
+
+The versions live in ``streaming/jvm/pom.xml``. Maven copies each profile's dependencies into
+``<cache>/jvm/<hash of pom.xml>/{broker,connector}`` once; a marker file written after success
+makes later calls return at once, without Maven or a network.
+
+Run ``python -m streaming.jvm_deps`` to resolve ahead of time and print the paths.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+POM_PATH = Path(__file__).resolve().parent / "jvm" / "pom.xml"
+MARKER = "resolved.json"
+GROUPS = ("broker", "connector")
+
+JAVA_HINT = "install OpenJDK 17 (apt-get install openjdk-17-jre-headless)"
+MVN_HINT = "install Maven 3.8+ (apt-get install maven)"
+
+
+class JvmSetupError(RuntimeError):
+    """A JVM prerequisite (java, mvn, or the jars themselves) is missing or failed."""
+
+
+@dataclass(frozen=True)
+class JvmJars:
+    """Where the resolved jars are: the broker's folder and the connector's jar files."""
+
+    broker_dir: Path
+    connector_jars: tuple[Path, ...]
+
+    @property
+    def broker_classpath(self) -> str:
+        """Classpath for ``java -cp`` that takes every jar of the broker folder."""
+        return str(self.broker_dir / "*")
+
+    @property
+    def pipeline_jars(self) -> str:
+        """The connector jars as Flink's ``pipeline.jars`` value (``;``-separated file URLs)."""
+        return ";".join(p.resolve().as_uri() for p in self.connector_jars)
+
+
+def default_cache_dir() -> Path:
+    """``$REASEQ_CACHE_DIR``, else ``~/.cache/reaseq``."""
+    env = os.environ.get("REASEQ_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "reaseq"
+
+
+def require_java() -> str:
+    """Path of ``java``, or a :class:`JvmSetupError` saying what to install."""
+    java = shutil.which("java")
+    if java is None:
+        raise JvmSetupError(f"`java` was not found on PATH: {JAVA_HINT}.")
+    return java
+
+
+def require_mvn() -> str:
+    """Path of ``mvn``, or a :class:`JvmSetupError` saying what to install."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise JvmSetupError(
+            f"`mvn` was not found on PATH and the JVM jars are not in the cache yet: {MVN_HINT}."
+        )
+    return mvn
+
+
+def pom_hash(pom: Path = POM_PATH) -> str:
+    """Short content hash of the POM, naming its cache folder."""
+    return hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+
+
+def _read_marker(root: Path) -> JvmJars | None:
+    marker = root / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+        jars = JvmJars(
+            broker_dir=root / "broker",
+            connector_jars=tuple(root / "connector" / name for name in data["connector"]),
+        )
+        broker_ok = all((root / "broker" / name).is_file() for name in data["broker"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not broker_ok or not all(p.is_file() for p in jars.connector_jars):
+        return None
+    return jars
+
+
+def _copy_dependencies(mvn: str, pom: Path, group: str, out: Path) -> None:
+    cmd = [
+        mvn, "-B", "-q", "-f", str(pom), "-P", group,
+        "dependency:copy-dependencies", f"-DoutputDirectory={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise JvmSetupError(
+            f"Maven could not resolve the {group!r} jars of {pom} (is Maven Central reachable?)."
+            f"\n$ {' '.join(cmd)}\n{tail}"
+        )
+    if not any(out.glob("*.jar")):
+        raise JvmSetupError(f"Maven copied no jars for the {group!r} profile of {pom}.")
+
+
+def resolve_jars(cache: Path | None = None, *, pom: Path = POM_PATH) -> JvmJars:
+    """Return the broker jar folder and connector jars, resolving them with Maven if needed.
+
+    Safe to call from several processes at once (a file lock serialises the resolution).
+    """
+    root = (cache or default_cache_dir()) / "jvm" / pom_hash(pom)
+    jars = _read_marker(root)
+    if jars is not None:
+        return jars
+    require_java()
+    mvn = require_mvn()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jars = _read_marker(root)  # another process may have finished meanwhile
+        if jars is not None:
+            return jars
+        listing: dict[str, list[str]] = {}
+        for group in GROUPS:
+            final = root / group
+            tmp = root / f".{group}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _copy_dependencies(mvn, pom, group, tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            listing[group] = sorted(p.name for p in final.glob("*.jar"))
+        listing["pom_sha256"] = [hashlib.sha256(pom.read_bytes()).hexdigest()]
+        (root / f"{MARKER}.tmp").write_text(json.dumps(listing, indent=1))
+        (root / f"{MARKER}.tmp").rename(root / MARKER)
+        jars = _read_marker(root)
+    if jars is None:  # pragma: no cover - only on a broken file system
+        raise JvmSetupError(f"JVM jars resolved into {root} but could not be read back.")
+    return jars
+
+
+def main() -> int:
+    """Resolve the jars and print where they are."""
+    start = time.monotonic()
+    try:
+        jars = resolve_jars()
+    except JvmSetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"broker jars:    {jars.broker_dir}")
+    print(f"connector jars: {' '.join(str(p) for p in jars.connector_jars)}")
+    print(f"({time.monotonic() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
