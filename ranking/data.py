@@ -116,8 +116,15 @@ def verify_file(path: Path, expected: RawFile, fix: str, header: bool = True) ->
 
 def read_atomic(path: Path, columns: dict[str, type]) -> pd.DataFrame:
     """Read a tab-separated 'atomic' file (recbole's format: `name:type` header), checking every row."""
-    with open(path, encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = handle.readline().rstrip("\n").split("\t")
+            for number, line in enumerate(handle, start=2):
+                if line.strip() and line.count("\t") != len(header) - 1:
+                    raise DatasetError(f"{path}:{number}: malformed file ({line.count(chr(9)) + 1} fields, "
+                                       f"header has {len(header)})")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path}: malformed file, not UTF-8 ({error})") from error
     names = [field.split(":")[0] for field in header]
     if names[: len(columns)] != list(columns):
         raise DatasetError(f"{path}: header {names} does not start with {list(columns)}")

@@ -97,7 +97,8 @@ class SequentialRanker(nn.Module):
         if length > self.cfg.max_len:
             raise ValueError(f"history length {length} exceeds max_len {self.cfg.max_len}")
         table = self.item_table()
-        positions = torch.arange(length, device=history.device)
+        # positions count back from the latest item, so left padding never shifts them
+        positions = torch.arange(length - 1, -1, -1, device=history.device)
         x = F.embedding(history, table) * math.sqrt(self.cfg.dim) + self.pos_emb(positions)[None]
         valid = history != 0
         causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=history.device))

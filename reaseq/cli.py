@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     quality.add_argument("--out", default="bench/results", help="folder for the JSON result")
 
-    demo = commands.add_parser("demo", help="the main job on the embedded default (ML-100K): data, "
-                               "train, evaluate, results table, a few users' recommendations")
+    demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, "
+                 "results table, a few users' recommendations")
+    demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     _add_train_args(demo)
     demo.add_argument("--seeds", type=int, nargs="+", default=[1])
     return parser

@@ -1,0 +1,63 @@
+"""The ranker backbone: causality, padding invariance, the optional extra sequence and side embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ranking.model import RankerConfig, SequentialRanker, left_pad
+
+
+def _model(**kwargs) -> SequentialRanker:
+    torch.manual_seed(0)
+    return SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, dropout=0.0, **kwargs),
+                            kwargs.pop("side", None)).eval()
+
+
+def test_outputs_are_causal():
+    model = _model()
+    history = torch.tensor([[3, 5, 7, 9, 11, 13]])
+    changed = history.clone()
+    changed[0, 4:] = torch.tensor([20, 21])
+    with torch.no_grad():
+        a, b = model(history), model(changed)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-5)
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
+
+
+def test_left_padding_does_not_change_the_last_position():
+    model = _model()
+    with torch.no_grad():
+        short = model.score_last(torch.tensor([[4, 6, 8]]))
+        padded = model.score_last(left_pad([[4, 6, 8]], 8))
+    assert padded.shape == (1, 31)
+    assert torch.allclose(short, padded, atol=1e-5)
+
+
+def test_extra_sequence_is_attended_and_off_by_default():
+    plain = _model()
+    history = torch.tensor([[4, 6, 8]])
+    extra = torch.tensor([[10, 12]])
+    with torch.no_grad():
+        assert torch.allclose(plain.score_last(history), plain.score_last(history, extra))
+    with_extra = _model(extra_len=2)
+    with torch.no_grad():
+        base = with_extra.score_last(history, torch.zeros_like(extra))
+        informed = with_extra.score_last(history, extra)
+        other = with_extra.score_last(history, torch.tensor([[20, 22]]))
+    assert not torch.allclose(base, informed, atol=1e-4)
+    assert not torch.allclose(informed, other, atol=1e-4)
+
+
+def test_side_embeddings_change_item_representations():
+    side = torch.randn(31, 5)
+    model = SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5), side)
+    assert model.item_table().shape == (31, 16)
+    assert not torch.allclose(model.item_table(), model.item_emb.weight)
+    with pytest.raises(ValueError, match="side embeddings of shape"):
+        SequentialRanker(RankerConfig(num_items=30, side_dim=5), torch.randn(10, 5))
+
+
+def test_history_longer_than_max_len_is_rejected():
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        _model().score_last(torch.ones(1, 9, dtype=torch.long))
