@@ -23,7 +23,7 @@ jvm: setup
 demo: setup
 	$(VENV)/bin/reaseq demo
 
-test: setup
+test: setup jvm
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

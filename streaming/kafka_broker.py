@@ -157,6 +157,9 @@ def _parent_death_signal() -> Callable[[], None] | None:
 class EmbeddedKafka:
     """A single-node KRaft Apache Kafka on 127.0.0.1; a context manager.
 
+    Every start formats a fresh cluster (new id, new free ports, empty ``work_dir/data``): data
+    does not survive a restart. Broker settings can be overridden with ``properties``.
+
     Stops on ``stop()``, on leaving the ``with`` block (exceptions such as KeyboardInterrupt
     pass through), at interpreter exit (atexit), and, when started from the main thread,
     when this process dies (parent-death signal).

@@ -1,0 +1,1 @@
+"""Ray Serve deployments and the small client the streaming job uses to call them."""

@@ -1,0 +1,69 @@
+"""Pure scoring logic behind the Ranker deployment: user states in, top-K items with scores out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ranking.artifacts import Artifact, load_artifact, resolve_artifact
+from ranking.model import SequentialRanker, left_pad
+
+
+@dataclass(frozen=True)
+class LoadedRanker:
+    """A ranker artifact ready to score: the model, its item vocabulary and its version."""
+
+    model: SequentialRanker
+    item_ids: list[str]
+    item_index: dict[str, int]
+    version: str
+    device: str
+
+    @staticmethod
+    def load(spec: str, device: str = "auto") -> LoadedRanker:
+        from ranking.data import load_dataset
+        from ranking.experiment import load_ranker
+
+        artifact: Artifact = load_artifact(resolve_artifact(spec))
+        model = load_ranker(artifact, device)
+        dataset = load_dataset(artifact.dataset["name"])
+        if dataset.fingerprint != artifact.dataset["fingerprint"]:
+            raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
+        item_ids = list(dataset.items.item_id)
+        return LoadedRanker(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)},
+                            artifact.version, str(next(model.parameters()).device))
+
+
+def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: int = 10) -> list[dict[str, Any]]:
+    """Top-K unseen items per user from its recent items (and inferred items when the model uses them).
+
+    Unknown item ids in a state are skipped (they cannot be embedded); a user with no known item gets
+    the model's output for an empty history.
+    """
+    index = ranker.item_index
+    histories = [[index[i] for i in user.get("recent_items", ()) if i in index] for user in users]
+    model = ranker.model
+    extra = None
+    if model.cfg.extra_len:
+        inferred = [[index[i] for i in user.get("inferred_items", ()) if i in index] for user in users]
+        extra = left_pad(inferred, model.cfg.extra_len).to(ranker.device)
+    batch = left_pad(histories, model.cfg.max_len).to(ranker.device)
+    with torch.no_grad():
+        scores = model.score_last(batch, extra).float()
+    scores[:, 0] = -torch.inf
+    for row, history in enumerate(histories):
+        if history:
+            scores[row, torch.as_tensor(history)] = -torch.inf
+    k = min(top_k, scores.shape[1] - 1)
+    top = torch.topk(scores, k, dim=1)
+    results = []
+    for row, user in enumerate(users):
+        results.append({
+            "user_id": user.get("user_id"),
+            "items": [ranker.item_ids[i - 1] for i in top.indices[row].tolist()],
+            "scores": [round(s, 5) for s in top.values[row].tolist()],
+        })
+    return results
