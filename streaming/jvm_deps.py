@@ -4,6 +4,10 @@ The versions live in ``streaming/jvm/pom.xml``. Maven copies each profile's depe
 ``<cache>/jvm/<hash of pom.xml>/{broker,connector}`` once; a marker file written after success
 makes later calls return at once, without Maven or a network.
 
+The glue module ``streaming/jvm/glue`` (two small Kafka record (de)serializers for PyFlink) is
+built from source with ``mvn package`` into ``<cache>/jvm/glue-<hash of its POMs and sources>``
+once, and its jar joins the connector jars (``pipeline.jars``).
+
 Run ``python -m streaming.jvm_deps`` to resolve ahead of time and print the paths.
 """
 
@@ -21,10 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POM_PATH = Path(__file__).resolve().parent / "jvm" / "pom.xml"
+GLUE_DIR = Path(__file__).resolve().parent / "jvm" / "glue"
+GLUE_JAR_PREFIX = "reaseq-flink-glue-"
 MARKER = "resolved.json"
 GROUPS = ("broker", "connector")
 
-JAVA_HINT = "install OpenJDK 17 (apt-get install openjdk-17-jre-headless)"
+JAVA_HINT = "install OpenJDK 17 (apt-get install openjdk-17-jdk-headless)"
+JAVAC_HINT = "install the OpenJDK 17 JDK, not only the JRE (apt-get install openjdk-17-jdk-headless)"
 MVN_HINT = "install Maven 3.8+ (apt-get install maven)"
 
 
@@ -43,6 +50,11 @@ class JvmJars:
     def broker_classpath(self) -> str:
         """Classpath for ``java -cp`` that takes every jar of the broker folder."""
         return str(self.broker_dir / "*")
+
+    @property
+    def glue_jar(self) -> Path | None:
+        """The reaseq-flink-glue jar among the connector jars, if it was built."""
+        return next((p for p in self.connector_jars if p.name.startswith(GLUE_JAR_PREFIX)), None)
 
     @property
     def pipeline_jars(self) -> str:
@@ -74,9 +86,27 @@ def require_mvn() -> str:
     return mvn
 
 
+def require_javac() -> str:
+    """Path of ``javac`` (Maven compiles the glue module with it), or a :class:`JvmSetupError`."""
+    javac = shutil.which("javac")
+    if javac is None:
+        raise JvmSetupError(f"`javac` was not found on PATH and the glue jar is not in the cache yet: {JAVAC_HINT}.")
+    return javac
+
+
 def pom_hash(pom: Path = POM_PATH) -> str:
     """Short content hash of the POM, naming its cache folder."""
     return hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+
+
+def glue_hash(glue: Path = GLUE_DIR) -> str:
+    """Short hash of the glue module's sources, its POM and its parent POM (``../pom.xml``)."""
+    files = [glue / "pom.xml", *sorted(p for p in (glue / "src").rglob("*") if p.is_file())]
+    digest = hashlib.sha256()
+    for path in [glue.parent / "pom.xml", *files]:
+        if path.is_file():
+            digest.update(f"\0{os.path.relpath(path, glue)}\0".encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _read_marker(root: Path) -> JvmJars | None:
@@ -113,11 +143,80 @@ def _copy_dependencies(mvn: str, pom: Path, group: str, out: Path) -> None:
         raise JvmSetupError(f"Maven copied no jars for the {group!r} profile of {pom}.")
 
 
-def resolve_jars(cache: Path | None = None, *, pom: Path = POM_PATH) -> JvmJars:
+def _cached_glue_jar(root: Path) -> Path | None:
+    marker = root / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        jar = root / json.loads(marker.read_text())["jar"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return jar if jar.is_file() else None
+
+
+def _build_glue(mvn: str, glue: Path, root: Path) -> Path:
+    """``mvn package`` the glue module into ``root`` (build folder inside it); return the jar."""
+    build = root / ".build"
+    shutil.rmtree(build, ignore_errors=True)
+    cmd = [
+        mvn, "-B", "-q", "-f", str(glue / "pom.xml"), "package", "-DskipTests",
+        f"-Dglue.build.directory={build}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise JvmSetupError(
+            f"Maven could not build the glue jar from {glue} (is Maven Central reachable for its first build?)."
+            f"\n$ {' '.join(cmd)}\n{tail}"
+        )
+    built = sorted(build.glob(f"{GLUE_JAR_PREFIX}*.jar"))
+    if len(built) != 1:
+        raise JvmSetupError(f"Maven built {len(built)} glue jars in {build}, expected one.")
+    jar = root / built[0].name
+    shutil.copyfile(built[0], root / f".{jar.name}.tmp")
+    (root / f".{jar.name}.tmp").rename(jar)
+    shutil.rmtree(build, ignore_errors=True)
+    (root / f"{MARKER}.tmp").write_text(json.dumps({"jar": jar.name, "glue_hash": root.name}, indent=1))
+    (root / f"{MARKER}.tmp").rename(root / MARKER)
+    return jar
+
+
+def resolve_glue_jar(cache: Path | None = None, *, glue: Path = GLUE_DIR) -> Path:
+    """Return the glue jar, building it with Maven when its cache entry is missing.
+
+    The cache entry is named by :func:`glue_hash`, so an edited source or POM builds anew; a
+    built one needs neither Maven nor a network. Safe to call from several processes at once.
+    """
+    if not (glue / "pom.xml").is_file():
+        raise JvmSetupError(f"The glue module's POM {glue / 'pom.xml'} is missing (an incomplete checkout?).")
+    root = (cache or default_cache_dir()) / "jvm" / f"glue-{glue_hash(glue)}"
+    jar = _cached_glue_jar(root)
+    if jar is not None:
+        return jar
+    require_java()
+    mvn = require_mvn()
+    require_javac()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jar = _cached_glue_jar(root)  # another process may have finished meanwhile
+        return jar if jar is not None else _build_glue(mvn, glue, root)
+
+
+def resolve_jars(cache: Path | None = None, *, pom: Path = POM_PATH, glue: Path | None = GLUE_DIR) -> JvmJars:
     """Return the broker jar folder and connector jars, resolving them with Maven if needed.
 
+    The connector jars end with the glue jar built from ``glue`` (skipped when ``glue`` is None).
     Safe to call from several processes at once (a file lock serialises the resolution).
     """
+    deps = _resolve_dependencies(cache, pom)
+    if glue is None:
+        return deps
+    glue_jar = resolve_glue_jar(cache, glue=glue)
+    return JvmJars(broker_dir=deps.broker_dir, connector_jars=(*deps.connector_jars, glue_jar))
+
+
+def _resolve_dependencies(cache: Path | None, pom: Path) -> JvmJars:
     root = (cache or default_cache_dir()) / "jvm" / pom_hash(pom)
     jars = _read_marker(root)
     if jars is not None:
@@ -159,6 +258,7 @@ def main() -> int:
         return 1
     print(f"broker jars:    {jars.broker_dir}")
     print(f"connector jars: {' '.join(str(p) for p in jars.connector_jars)}")
+    print(f"glue jar:       {jars.glue_jar}")
     print(f"({time.monotonic() - start:.1f} s)")
     return 0
 

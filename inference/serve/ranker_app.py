@@ -62,13 +62,15 @@ class _ServeMetrics:
     def __init__(self) -> None:
         from ray.util import metrics
 
-        self.batches = metrics.Counter("reaseq_ranker_batches", description="forward passes of the Ranker")
-        self.users = metrics.Counter("reaseq_ranker_users_scored", description="users scored by the Ranker")
+        from monitoring import metrics as names
+
+        self.batches = metrics.Counter(names.RANKER_BATCHES, description="forward passes of the Ranker")
+        self.users = metrics.Counter(names.RANKER_USERS_SCORED, description="users scored by the Ranker")
         self.batch_requests = metrics.Histogram(
-            "reaseq_ranker_batch_requests", description="requests merged into one forward pass",
+            names.RANKER_BATCH_REQUESTS, description="requests merged into one forward pass",
             boundaries=[1, 2, 4, 8, 16, 32, 64])
         self.latency = metrics.Histogram(
-            "reaseq_ranker_batch_seconds", description="forward pass latency",
+            names.RANKER_BATCH_SECONDS, description="forward pass latency",
             boundaries=[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])
 
     def observe(self, requests: int, users: int, seconds: float) -> None:

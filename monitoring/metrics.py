@@ -1,0 +1,32 @@
+"""Metric names the code emits: one place, so dashboards and alert rules can be checked against it.
+
+Flink job metrics are registered on the operator's metric group and exported by Flink's Prometheus
+reporter as flink_taskmanager_job_task_operator_<name>. Serve metrics go through Ray's metrics API
+and are exported by Ray as ray_<name>.
+"""
+
+from __future__ import annotations
+
+# Flink job (streaming/job.py)
+EVENTS_IN = "reaseq_events_in"
+EVENTS_DUPLICATE = "reaseq_events_duplicate"
+DEAD_LETTERS = "reaseq_dead_letters"  # one counter per reason: reaseq_dead_letters_<reason>
+STATES_OUT = "reaseq_states_out"
+SCORES_OUT = "reaseq_scores_out"
+SCORE_BATCHES = "reaseq_score_batches"
+SCORE_BATCH_SIZE = "reaseq_score_batch_size"
+INFERENCE_LATENCY_MS = "reaseq_inference_latency_ms"
+INFERENCE_ERRORS = "reaseq_inference_errors"
+EVENT_TO_SCORE_MS = "reaseq_event_to_score_ms"
+PENDING_SCORES = "reaseq_pending_scores"
+LLM_CALLS = "reaseq_llm_calls"  # the stream never calls an LLM: stays 0
+
+# Ray Serve Ranker (inference/serve/ranker_app.py)
+RANKER_BATCHES = "reaseq_ranker_batches"
+RANKER_USERS_SCORED = "reaseq_ranker_users_scored"
+RANKER_BATCH_REQUESTS = "reaseq_ranker_batch_requests"
+RANKER_BATCH_SECONDS = "reaseq_ranker_batch_seconds"
+
+JOB_METRICS = (EVENTS_IN, EVENTS_DUPLICATE, STATES_OUT, SCORES_OUT, SCORE_BATCHES, SCORE_BATCH_SIZE,
+               INFERENCE_LATENCY_MS, INFERENCE_ERRORS, EVENT_TO_SCORE_MS, PENDING_SCORES, LLM_CALLS)
+SERVE_METRICS = (RANKER_BATCHES, RANKER_USERS_SCORED, RANKER_BATCH_REQUESTS, RANKER_BATCH_SECONDS)

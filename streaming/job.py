@@ -1,0 +1,253 @@
+"""The PyFlink job: Kafka events → validate → per-user keyed state → micro-batched Ray Serve scoring → Kafka.
+
+Graph (thread mode, one Python stage before and one after the shuffle):
+
+  KafkaSource(reaseq.events, raw bytes)
+    → Parse (ProcessFunction): Event, or a dead letter on a side output
+    → keyBy(shard of user_id)
+    → UserScoring (KeyedProcessFunction): per-user state in MapState (user → state, TTL), the
+      pending score requests of the shard in ListState, flushed to the Ranker by size or time;
+      a failed call keeps them and retries later, so a timeout never loses an event
+    → one KafkaSink for reaseq.user-state, reaseq.user-scores and reaseq.dead-letter
+      (EXACTLY_ONCE with a transactional id prefix, or AT_LEAST_ONCE in low-latency mode).
+
+Keying by a shard of the user id (not the user id itself) lets the pending requests of many users
+share one keyed ListState, so batches are big, checkpointed with the rest of the state, and ordered
+per user (a user always maps to the same shard).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from monitoring import metrics as names
+from streaming.events import REASONS, DeadLetter, parse_event
+from streaming.scoring import PendingScore, ranker_request, score_records
+from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
+from streaming.topics import TopicsConfig
+
+MODES = ("transactional", "low-latency")
+
+
+@dataclass
+class StreamConfig:
+    """Everything the job needs, as data (`reaseq stream job --help` lists the knobs)."""
+
+    bootstrap_servers: str
+    serve_url: str
+    known_items: list[str]
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    mode: str = "low-latency"
+    checkpoint_dir: str = "/tmp/reaseq-checkpoints"
+    checkpoint_interval_ms: int = 2000
+    group_id: str = "reaseq-job"
+    transactional_id_prefix: str = "reaseq-job"
+    starting_offsets: str = "earliest"
+    stopping_offsets: dict[int, int] | None = None  # bounded run (tests, benchmarks)
+    shards: int = 4
+    batch_size: int = 128
+    max_wait_ms: int = 20
+    retry_backoff_ms: int = 500
+    serve_timeout_s: float = 5.0
+    serve_retries: int = 2
+    top_k: int = 10
+    max_recent: int = DEFAULT_MAX_RECENT
+    state_ttl_days: float = 30.0
+    parallelism: int = 1
+    restore_from: str | None = None
+    job_name: str = "reaseq-stream"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.shards < 1 or self.batch_size < 1:
+            raise ValueError("shards and batch_size must be >= 1")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def shard_of(user_id: str, shards: int) -> int:
+    """Stable shard of a user id (crc32, same in every process and run)."""
+    return zlib.crc32(user_id.encode()) % shards
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def build_job(env, cfg: StreamConfig) -> None:
+    """Add the job's operators to a StreamExecutionEnvironment (call env.execute to run)."""
+    from pyflink.common import Row, WatermarkStrategy
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
+    from pyflink.datastream.state import (
+        ListStateDescriptor,
+        MapStateDescriptor,
+        StateTtlConfig,
+        ValueStateDescriptor,
+    )
+
+    from inference.serve.client import RankerClient, ServeUnavailable
+    from streaming.kafka_io import OUTPUT_TYPE, RAW_TYPE, keyed_kafka_sink, raw_kafka_source
+
+    topics = cfg.topics
+    known = frozenset(cfg.known_items)
+    dead_tag = OutputTag("dead-letter", OUTPUT_TYPE)
+
+    class Parse(ProcessFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            group = runtime_context.get_metrics_group()
+            self.events_in = group.counter(names.EVENTS_IN)
+            self.dead = {reason: group.counter(f"{names.DEAD_LETTERS}_{reason}") for reason in REASONS}
+
+        def process_element(self, value, ctx):
+            self.events_in.inc()
+            raw = bytes(value[1]) if value[1] is not None else b""
+            result = parse_event(raw, known, source_topic=topics.events)
+            if isinstance(result, DeadLetter):
+                self.dead[result.reason].inc()
+                key = bytes(value[0]) if value[0] is not None else b""
+                yield dead_tag, Row(topics.dead_letter, key, result.to_json())
+                return
+            yield shard_of(result.user_id, cfg.shards), result, int(value[4])
+
+    class UserScoring(KeyedProcessFunction):
+        def open(self, runtime_context: RuntimeContext) -> None:
+            users = MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+            if cfg.state_ttl_days > 0:
+                from pyflink.common.time import Duration
+
+                ttl = (StateTtlConfig.new_builder(Duration.of_millis(int(cfg.state_ttl_days * 86_400_000)))
+                       .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite).build())
+                users.enable_time_to_live(ttl)
+            self.users = runtime_context.get_map_state(users)
+            self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
+            self.pending_count = runtime_context.get_state(ValueStateDescriptor("pending_count", Types.INT()))
+            self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
+            self.client = RankerClient(cfg.serve_url, timeout_s=cfg.serve_timeout_s, retries=cfg.serve_retries)
+            group = runtime_context.get_metrics_group()
+            self.m_duplicates = group.counter(names.EVENTS_DUPLICATE)
+            self.m_states = group.counter(names.STATES_OUT)
+            self.m_scores = group.counter(names.SCORES_OUT)
+            self.m_batches = group.counter(names.SCORE_BATCHES)
+            self.m_errors = group.counter(names.INFERENCE_ERRORS)
+            self.m_llm = group.counter(names.LLM_CALLS)
+            self.m_batch_size = group.distribution(names.SCORE_BATCH_SIZE)
+            self.m_latency = group.distribution(names.INFERENCE_LATENCY_MS)
+            self.m_event_to_score = group.distribution(names.EVENT_TO_SCORE_MS)
+            self._pending_total = 0
+            group.gauge(names.PENDING_SCORES, lambda: self._pending_total)
+
+        def process_element(self, value, ctx):
+            _, event, kafka_ts = value
+            raw = self.users.get(event.user_id)
+            state = UserState.from_json(raw) if raw is not None else None
+            state, changed = apply_event(state, event, cfg.max_recent)
+            if not changed:
+                self.m_duplicates.inc()
+                return
+            encoded = state.to_json()
+            self.users.put(event.user_id, encoded)
+            self.m_states.inc()
+            yield Row(topics.user_state, event.user_id.encode(), encoded)
+            self.pending.add(PendingScore(state, event.event_id, kafka_ts).to_bytes())
+            count = (self.pending_count.value() or 0) + 1
+            self.pending_count.update(count)
+            self._pending_total += 1
+            if count >= cfg.batch_size:
+                yield from self._flush(ctx)
+            elif self.timer.value() is None:
+                due = ctx.timer_service().current_processing_time() + cfg.max_wait_ms
+                ctx.timer_service().register_processing_time_timer(due)
+                self.timer.update(due)
+
+        def on_timer(self, timestamp, ctx):
+            if self.timer.value() == timestamp:
+                self.timer.clear()
+            yield from self._flush(ctx)
+
+        def _flush(self, ctx):
+            raw = list(self.pending.get() or [])
+            if not raw:
+                return
+            pending = [PendingScore.from_bytes(r) for r in raw]
+            started = time.perf_counter()
+            try:
+                response = self.client.score(ranker_request(pending), top_k=cfg.top_k)
+            except ServeUnavailable:
+                # keep every pending request (checkpointed) and try again later
+                self.m_errors.inc()
+                if self.timer.value() is None:
+                    due = ctx.timer_service().current_processing_time() + cfg.retry_backoff_ms
+                    ctx.timer_service().register_processing_time_timer(due)
+                    self.timer.update(due)
+                return
+            self.m_latency.update(int((time.perf_counter() - started) * 1000))
+            self.m_batches.inc()
+            self.m_batch_size.update(len(pending))
+            now = _now_ms()
+            for record in score_records(pending, response, topics.user_scores):
+                yield Row(*record)
+            for item in pending:
+                self.m_event_to_score.update(max(0, now - item.event_kafka_ts))
+            self.m_scores.inc(len(pending))
+            self._pending_total = max(0, self._pending_total - len(pending))
+            self.pending.clear()
+            self.pending_count.clear()
+
+    source = raw_kafka_source(cfg.bootstrap_servers, topics.events, cfg.group_id, cfg.starting_offsets,
+                              cfg.stopping_offsets)
+    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "events", type_info=RAW_TYPE)
+    parsed = raw.process(Parse(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
+    scored = (parsed.key_by(lambda v: v[0], key_type=Types.INT())
+              .process(UserScoring(), output_type=OUTPUT_TYPE).name("user-state-and-scores"))
+    outputs = scored.union(parsed.get_side_output(dead_tag))
+    sink = keyed_kafka_sink(cfg.bootstrap_servers, exactly_once=cfg.mode == "transactional",
+                            transactional_id_prefix=cfg.transactional_id_prefix)
+    outputs.sink_to(sink).name("outputs")
+
+
+def run_job(cfg: StreamConfig, wait: bool = True):
+    """Build and start the job on a local Flink mini-cluster; returns the JobClient when not waiting."""
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    from streaming.jvm_deps import resolve_jars
+    from streaming.kafka_io import flink_configuration
+
+    Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    conf = flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
+                               checkpoint_interval_ms=cfg.checkpoint_interval_ms,
+                               parallelism=cfg.parallelism, restore_from=cfg.restore_from)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    build_job(env, cfg)
+    if wait:
+        env.execute(cfg.job_name)
+        return None
+    return env.execute_async(cfg.job_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job in this process from a JSON config file (what `reaseq stream job` starts)."""
+    import argparse
+
+    from streaming.topics import TopicsConfig as _Topics
+
+    parser = argparse.ArgumentParser(prog="python -m streaming.job", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="JSON file with the StreamConfig fields")
+    args = parser.parse_args(argv)
+    data = json.loads(Path(args.config).read_text())
+    data["topics"] = _Topics(**data.get("topics", {}))
+    if data.get("stopping_offsets"):
+        data["stopping_offsets"] = {int(k): int(v) for k, v in data["stopping_offsets"].items()}
+    run_job(StreamConfig(**data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""Micro-batched scoring inside the job: pending score requests → one Serve call → output records.
+
+Pure apart from the client call, so it is tested without Flink. Output records are
+(topic, key, value) triples, what the job's Kafka sink writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from streaming.state import UserState
+
+OutputRecord = tuple[str, bytes, bytes]
+
+
+@dataclass(frozen=True)
+class PendingScore:
+    """A state waiting for scores: the user's state after one event, and that event's times."""
+
+    state: UserState
+    event_id: str
+    event_kafka_ts: int  # the event's Kafka record timestamp (ms): start of event→score latency
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"state": json.loads(self.state.to_json()), "event_id": self.event_id,
+                           "event_kafka_ts": self.event_kafka_ts}, separators=(",", ":")).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> PendingScore:
+        data = json.loads(raw)
+        return PendingScore(UserState.from_json(json.dumps(data["state"])), data["event_id"], data["event_kafka_ts"])
+
+
+def ranker_request(pending: list[PendingScore]) -> list[dict[str, Any]]:
+    """The users of one Serve request, one per pending state (in order)."""
+    return [{"user_id": p.state.user_id, "recent_items": list(p.state.recent_items),
+             "inferred_items": list(p.state.inferred_items)} for p in pending]
+
+
+def score_records(pending: list[PendingScore], response: dict[str, Any], topic: str,
+                  knowledge_version: str = "none", now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
+    """One scores record per pending state, keyed by user, naming the model and knowledge versions."""
+    emit_ts = (now_ms or (lambda: int(time.time() * 1000)))()
+    records = []
+    for item, result in zip(pending, response["results"], strict=True):
+        body = {"user_id": item.state.user_id, "version": item.state.version, "event_id": item.event_id,
+                "items": result["items"], "scores": result["scores"],
+                "model_version": response["model_version"], "knowledge_version": knowledge_version,
+                "event_ts": item.state.last_event_ts, "event_kafka_ts": item.event_kafka_ts, "emit_ts": emit_ts}
+        records.append((topic, item.state.user_id.encode(), json.dumps(body, separators=(",", ":")).encode()))
+    return records

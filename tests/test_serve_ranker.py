@@ -1,0 +1,71 @@
+"""Ranker scoring (pure) and the real Ray Serve deployment on 127.0.0.1: batching, versions, retries."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+
+import pytest
+
+from inference.serve.client import RankerClient, ServeUnavailable
+from inference.serve.scoring import LoadedRanker, score_users
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory, ml100k_sequences):
+    import os
+
+    from ranking.experiment import train_and_save
+    from ranking.train import TrainConfig
+
+    root = tmp_path_factory.mktemp("artifacts")
+    os.environ["REASEQ_ARTIFACTS_DIR"] = str(root)
+    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
+    run = train_and_save(ml100k_sequences, cfg, progress=False, root=root)
+    yield run.artifact
+    os.environ.pop("REASEQ_ARTIFACTS_DIR", None)
+
+
+def test_scores_exclude_seen_items_and_unknown_ids_are_skipped(tiny_artifact):
+    ranker = LoadedRanker.load(str(tiny_artifact.path), "cpu")
+    users = [{"user_id": "a", "recent_items": ["1", "2", "3"]},
+             {"user_id": "b", "recent_items": ["1", "no-such-item"]},
+             {"user_id": "c", "recent_items": []}]
+    results = score_users(ranker, users, top_k=5)
+    assert [r["user_id"] for r in results] == ["a", "b", "c"]
+    assert not {"1", "2", "3"} & set(results[0]["items"])
+    assert all(len(r["items"]) == 5 and r["scores"] == sorted(r["scores"], reverse=True) for r in results)
+    assert results[1]["items"] == score_users(ranker, [{"user_id": "b", "recent_items": ["1"]}], 5)[0]["items"]
+
+
+def test_client_gives_up_with_a_clear_error_when_nothing_listens():
+    from inference.serve.local import free_port
+
+    client = RankerClient(f"http://127.0.0.1:{free_port()}/rank", timeout_s=0.2, retries=2, backoff_s=0.01)
+    with pytest.raises(ServeUnavailable, match="failed after 3 attempts"):
+        client.score([{"user_id": "a", "recent_items": []}])
+
+
+@pytest.mark.slow
+def test_real_serve_batches_requests_and_survives_a_killed_replica(tiny_artifact):
+    import ray
+
+    from inference.serve.local import LocalServe
+
+    with LocalServe(str(tiny_artifact.path)) as served:
+        client = RankerClient(served.url, timeout_s=10.0, retries=6, backoff_s=0.5)
+        users = [{"user_id": str(i), "recent_items": [str(j) for j in range(1, 1 + i % 30)]} for i in range(40)]
+        response = client.score(users, top_k=3)
+        assert response["model_version"] == tiny_artifact.version
+        assert [r["user_id"] for r in response["results"]] == [u["user_id"] for u in users]
+        direct = score_users(LoadedRanker.load(str(tiny_artifact.path), "cpu"), users, 3)
+        assert [r["items"] for r in response["results"]] == [r["items"] for r in direct]
+
+        with futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda n: client.score(users[n:n + 5]), range(0, 40, 5)))
+        assert [r["user_id"] for a in answers for r in a["results"]] == [u["user_id"] for u in users]
+
+        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Ranker" in a["name"]]
+        assert replicas, "no Ranker replica actor found"
+        ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+        after = client.score(users[:4])  # retried with backoff until Serve has replaced the replica
+        assert [r["user_id"] for r in after["results"]] == ["0", "1", "2", "3"]
