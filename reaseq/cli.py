@@ -79,12 +79,44 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     quality.add_argument("--out", default="bench/results", help="folder for the JSON result")
 
+    stream = commands.add_parser("stream", help="the streaming pipeline: Kafka → PyFlink → Ray Serve → Kafka")
+    stream_cmds = stream.add_subparsers(dest="stream_command", required=True, metavar="PART")
+    run = stream_cmds.add_parser("run", help="everything together: Kafka, Serve, the Flink job, a replay, "
+                                 "live progress, a few users' recommendations")
+    _add_stream_args(run)
+    run.add_argument("--rate", type=float, default=2000.0, help="replay rate in events/s (default 2000)")
+    run.add_argument("--limit", type=int, default=None, help="replay only the first N events")
+    kafka = stream_cmds.add_parser("kafka", help="start the embedded Kafka with the topics; Ctrl-C stops it")
+    kafka.add_argument("--partitions", type=int, default=4)
+    serve_cmd = stream_cmds.add_parser("serve", help="start Ray Serve with the Ranker app; Ctrl-C stops it")
+    serve_cmd.add_argument("--artifact", default="ml-100k", help="ranker artifact (default: latest ml-100k)")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    job = stream_cmds.add_parser("job", help="run the Flink job against a running Kafka and Serve")
+    _add_stream_args(job)
+    job.add_argument("--serve-url", required=True, help="the Ranker route, e.g. http://127.0.0.1:8000/rank")
+    replay_cmd = stream_cmds.add_parser("replay", help="replay ML-100K ratings as events into Kafka")
+    replay_cmd.add_argument("--bootstrap-servers", required=True)
+    replay_cmd.add_argument("--rate", type=float, default=1000.0, help="events/s (0 = as fast as possible)")
+    replay_cmd.add_argument("--speedup", type=float, default=None, help="follow the data's clock, N× faster "
+                            "(instead of --rate)")
+    replay_cmd.add_argument("--limit", type=int, default=None)
+
     demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, "
                  "results table, a few users' recommendations")
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     _add_train_args(demo)
     demo.add_argument("--seeds", type=int, nargs="+", default=[1])
     return parser
+
+
+def _add_stream_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap-servers", default=None,
+                        help="your Kafka (host:port,…); default: start an embedded one on 127.0.0.1")
+    parser.add_argument("--artifact", default="ml-100k", help="ranker artifact (default: latest ml-100k)")
+    parser.add_argument("--mode", default="low-latency", choices=["low-latency", "transactional"],
+                        help="low-latency: at-least-once, outputs visible at once, consumers drop replays "
+                             "by per-user version; transactional: exactly-once, visible at each checkpoint")
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=2000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     from ranking.config import ConfigError
     from ranking.data import DatasetError
 
-    handlers = {"data": _data, "train": _train, "evaluate": _evaluate, "bench": _bench, "demo": _demo}
+    handlers = {"data": _data, "train": _train, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
+                "stream": _stream}
     try:
         return handlers[args.command](args)
     except (DatasetError, ConfigError, FileNotFoundError, ValueError) as error:
@@ -200,6 +233,58 @@ def _demo(args: argparse.Namespace) -> int:
     print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of()))
     print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
     return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    if args.stream_command == "run":
+        from streaming.runner import PipelineOptions, run_pipeline
+
+        run_pipeline(PipelineOptions(artifact=args.artifact, rate=args.rate, limit=args.limit, mode=args.mode,
+                                     bootstrap_servers=args.bootstrap_servers,
+                                     checkpoint_interval_ms=args.checkpoint_interval_ms))
+        return 0
+    if args.stream_command == "kafka":
+        from streaming.kafka_broker import EmbeddedKafka
+        from streaming.topics import TopicsConfig, ensure_topics
+
+        with EmbeddedKafka() as kafka:
+            ensure_topics(kafka.bootstrap_servers, TopicsConfig(partitions=args.partitions))
+            print(f"Kafka ready: --bootstrap-servers {kafka.bootstrap_servers} (Ctrl-C stops it)", flush=True)
+            _wait_forever()
+        return 0
+    if args.stream_command == "serve":
+        from inference.serve.local import LocalServe
+
+        with LocalServe(args.artifact, port=args.port) as served:
+            print(f"Ranker {served.model_version} ready: --serve-url {served.url} (Ctrl-C stops it)", flush=True)
+            _wait_forever()
+        return 0
+    if args.stream_command == "job":
+        from ranking.artifacts import load_artifact, resolve_artifact
+        from ranking.data import load_dataset
+        from streaming.job import StreamConfig, run_job
+
+        if not args.bootstrap_servers:
+            raise ValueError("reaseq stream job needs --bootstrap-servers (start one with `reaseq stream kafka`)")
+        dataset = load_dataset(load_artifact(resolve_artifact(args.artifact)).dataset["name"])
+        run_job(StreamConfig(bootstrap_servers=args.bootstrap_servers, serve_url=args.serve_url,
+                             known_items=list(dataset.items.item_id), mode=args.mode,
+                             checkpoint_interval_ms=args.checkpoint_interval_ms))
+        return 0
+    from ranking.data import load_dataset
+    from streaming.replay import ReplayConfig, interactions_to_events, replay
+
+    events = interactions_to_events(load_dataset("ml-100k").interactions, args.limit)
+    cfg = ReplayConfig(rate=None if args.speedup else (args.rate or None), speedup=args.speedup)
+    sent = replay(events, args.bootstrap_servers, "reaseq.events", cfg,
+                  lambda n: print(f"\rsent {n:,}/{len(events):,}", end="", flush=True))
+    print(f"\nreplayed {sent:,} events")
+    return 0
+
+
+def _wait_forever() -> None:
+    while True:
+        time.sleep(3600)
 
 
 def _sample_recommendations(model, data, titles: dict[str, str], users: int = 3, k: int = 5) -> str:

@@ -125,7 +125,7 @@ def test_resolved_cache_needs_no_maven(monkeypatch: pytest.MonkeyPatch, tmp_path
         (root / group / name).write_bytes(b"")
     (root / "resolved.json").write_text(json.dumps({"broker": ["a.jar"], "connector": ["b.jar"]}))
     monkeypatch.setattr(jvm_deps.shutil, "which", lambda name, *a, **k: None)
-    jars = resolve_jars(cache=tmp_path / "cache", pom=pom)
+    jars = resolve_jars(cache=tmp_path / "cache", pom=pom, glue=None)  # the glue jar: test_flink_kafka_io
     assert jars.broker_dir == root / "broker"
     assert jars.connector_jars == (root / "connector" / "b.jar",)
 

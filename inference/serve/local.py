@@ -66,6 +66,9 @@ class LocalServe:
         deployment = Ranker.options(**options)
         serve.run(deployment.bind(**args), name=app["name"], route_prefix=app["route_prefix"])
         self.url = f"http://127.0.0.1:{self.port}{app['route_prefix']}"
+        from ranking.artifacts import resolve_artifact
+
+        self.model_version = resolve_artifact(self.artifact).name
         log.info("Serve ranker ready at %s in %.1f s", self.url, time.monotonic() - started)
 
     def stop(self) -> None:

@@ -1,0 +1,210 @@
+"""Run the parts together on one machine: the Flink job as its own process, and a monitor of its outputs.
+
+Used by `reaseq stream …`, `make demo`, the integration tests and `reaseq bench stream`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streaming.job import StreamConfig
+from streaming.state import newer
+from streaming.topics import TopicsConfig
+
+
+class JobProcess:
+    """The Flink job in a child process (its own session, so a kill takes its JVM down with it)."""
+
+    def __init__(self, cfg: StreamConfig, work_dir: Path) -> None:
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.work_dir / "job.log"
+
+    def start(self) -> JobProcess:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.work_dir / "job-config.json"
+        config_path.write_text(self.cfg.to_json())
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child process
+        self.proc = subprocess.Popen([sys.executable, "-m", "streaming.job", str(config_path)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=_job_env())
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no clean cancel, no final checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _job_env() -> dict[str, str]:
+    env = dict(os.environ)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The newest completed checkpoint (a chk-N folder with _metadata) under a checkpoint dir."""
+    candidates = [p.parent for p in Path(checkpoint_dir).glob("*/chk-*/_metadata")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (p.stat().st_mtime, int(p.name.split("-")[1])))
+
+
+@dataclass
+class MonitorStats:
+    """What the job has written so far, as a read_committed consumer sees it."""
+
+    states: int = 0
+    scores: int = 0
+    dead_letters: int = 0
+    dead_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latencies_ms: list[int] = field(default_factory=list)
+    version_regressions: int = 0
+
+    def latency_percentiles(self) -> tuple[float, float]:
+        if not self.latencies_ms:
+            return float("nan"), float("nan")
+        values = np.asarray(self.latencies_ms[-20000:])
+        return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+class OutputMonitor:
+    """Consumes the output topics (read_committed) in a thread: counts, latency, latest state per user."""
+
+    def __init__(self, bootstrap_servers: str, topics: TopicsConfig, keep_records: bool = False) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.keep_records = keep_records
+        self.stats = MonitorStats()
+        self.latest_state: dict[str, dict[str, Any]] = {}
+        self.latest_scores: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
+        self._seen_version: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="output-monitor", daemon=True)
+        self._lock = threading.Lock()
+
+    def start(self) -> OutputMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(self.topics.user_state, self.topics.user_scores, self.topics.dead_letter,
+                                 bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
+                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+                                 fetch_max_wait_ms=50)
+        try:
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=100, max_records=5000)
+                now = int(time.time() * 1000)
+                with self._lock:
+                    for partition, messages in batches.items():
+                        for message in messages:
+                            self._observe(partition.topic, message.key, message.value, now)
+        finally:
+            consumer.close()
+
+    def _observe(self, topic: str, key: bytes, value: bytes, now_ms: int) -> None:
+        if self.keep_records:
+            self.records[topic].append((key, value))
+        if topic == self.topics.dead_letter:
+            self.stats.dead_letters += 1
+            self.stats.dead_reasons[json.loads(value)["reason"]] += 1
+            return
+        body = json.loads(value)
+        user = body["user_id"]
+        if topic == self.topics.user_state:
+            self.stats.states += 1
+            seen = self._seen_version.get(user)
+            if newer(body["version"], seen):
+                self._seen_version[user] = body["version"]
+                self.latest_state[user] = body
+            elif body["version"] < (seen or 0):
+                self.stats.version_regressions += 1
+        else:
+            self.stats.scores += 1
+            self.stats.latencies_ms.append(max(0, now_ms - body["event_kafka_ts"]))
+            previous = self.latest_scores.get(user)
+            if previous is None or body["version"] >= previous["version"]:
+                self.latest_scores[user] = body
+
+    def snapshot(self) -> MonitorStats:
+        with self._lock:
+            copy = MonitorStats(**{k: v for k, v in asdict(self.stats).items()})
+            copy.latencies_ms = list(self.stats.latencies_ms[-20000:])
+            return copy
+
+
+def consumer_lag(bootstrap_servers: str, topic: str, group_id: str) -> int | None:
+    """Events not yet committed by the job's consumer group (committed on checkpoints)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="reaseq-lag")
+        committed = admin.list_consumer_group_offsets(group_id)
+        admin.close()
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(partitions)
+        consumer.close()
+    except Exception:  # lag is informative only; a broker hiccup must not stop the demo
+        return None
+    return int(sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()))
+
+
+def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """Current end offset of every partition of a topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
