@@ -120,9 +120,9 @@ def build_job(env, cfg: StreamConfig) -> None:
         def open(self, runtime_context: RuntimeContext) -> None:
             users = MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
             if cfg.state_ttl_days > 0:
-                from pyflink.common.time import Duration
+                from pyflink.common.time import Time
 
-                ttl = (StateTtlConfig.new_builder(Duration.of_millis(int(cfg.state_ttl_days * 86_400_000)))
+                ttl = (StateTtlConfig.new_builder(Time.milliseconds(int(cfg.state_ttl_days * 86_400_000)))
                        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite).build())
                 users.enable_time_to_live(ttl)
             self.users = runtime_context.get_map_state(users)

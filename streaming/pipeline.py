@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +176,9 @@ class OutputMonitor:
 
     def snapshot(self) -> MonitorStats:
         with self._lock:
-            copy = MonitorStats(**{k: v for k, v in asdict(self.stats).items()})
-            copy.latencies_ms = list(self.stats.latencies_ms[-20000:])
-            return copy
+            stats = self.stats
+            return MonitorStats(stats.states, stats.scores, stats.dead_letters, dict(stats.dead_reasons),
+                                list(stats.latencies_ms[-20000:]), stats.version_regressions)
 
 
 def consumer_lag(bootstrap_servers: str, topic: str, group_id: str) -> int | None:
