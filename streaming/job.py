@@ -31,6 +31,7 @@ from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
 from streaming.topics import TopicsConfig
 
 MODES = ("transactional", "low-latency")
+DESIGNS = ("thread-batched", "async-io")
 
 
 @dataclass
@@ -60,10 +61,16 @@ class StreamConfig:
     parallelism: int = 1
     restore_from: str | None = None
     job_name: str = "reaseq-stream"
+    # thread-batched: thread mode, keyed micro-batches flushed by size/time (this module);
+    # async-io: process mode with Flink's async I/O (streaming/job_async.py)
+    design: str = "thread-batched"
+    extra_flink_config: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
         if self.shards < 1 or self.batch_size < 1:
             raise ValueError("shards and batch_size must be >= 1")
 
@@ -220,11 +227,18 @@ def run_job(cfg: StreamConfig, wait: bool = True):
     from streaming.kafka_io import flink_configuration
 
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    thread_mode = cfg.design == "thread-batched"
     conf = flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
-                               checkpoint_interval_ms=cfg.checkpoint_interval_ms,
-                               parallelism=cfg.parallelism, restore_from=cfg.restore_from)
+                               checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=thread_mode,
+                               parallelism=cfg.parallelism, restore_from=cfg.restore_from,
+                               extra=cfg.extra_flink_config)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
-    build_job(env, cfg)
+    if thread_mode:
+        build_job(env, cfg)
+    else:
+        from streaming.job_async import build_async_job
+
+        build_async_job(env, cfg)
     if wait:
         env.execute(cfg.job_name)
         return None
