@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from monitoring import metrics as names
-from streaming.events import REASONS, DeadLetter, parse_event
+from streaming.events import REASONS, DeadLetter, Event, parse_event
 from streaming.scoring import PendingScore, ranker_request, score_records
 from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
 from streaming.topics import TopicsConfig
@@ -64,7 +66,14 @@ class StreamConfig:
     # thread-batched: thread mode, keyed micro-batches flushed by size/time (this module);
     # async-io: process mode with Flink's async I/O (streaming/job_async.py)
     design: str = "thread-batched"
+    # async-io only: Flink's async I/O timeout per score request (on expiry the job fails over and
+    # restarts from its last checkpoint; 0 = no timeout) and the most requests in flight per subtask
+    async_timeout_ms: int = 60_000
+    async_capacity: int = 256
     extra_flink_config: dict[str, str] = field(default_factory=dict)
+    # Flink's Prometheus reporter (job + Kafka connector metrics); None = off. It has no host option
+    # and listens on all interfaces.
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,6 +82,8 @@ class StreamConfig:
             raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
         if self.shards < 1 or self.batch_size < 1:
             raise ValueError("shards and batch_size must be >= 1")
+        if self.async_timeout_ms < 0 or self.async_capacity < 1:
+            raise ValueError("async_timeout_ms must be >= 0 and async_capacity >= 1")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -87,20 +98,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def build_job(env, cfg: StreamConfig) -> None:
-    """Add the job's operators to a StreamExecutionEnvironment (call env.execute to run)."""
+def parse_events(env, cfg: StreamConfig, key_of: Callable[[Event], Any]):
+    """The front both designs share: KafkaSource(events) → Parse, with dead letters on a side output.
+
+    Returns ``(parsed, dead_tag)``: ``parsed`` carries ``(key_of(event), Event, Kafka timestamp)``
+    tuples (pickled), ready for ``key_by(lambda v: v[0])``; ``parsed.get_side_output(dead_tag)`` are the
+    dead letters as OUTPUT_TYPE rows. Take that side output after building the keyed operators: PyFlink
+    adds a Python map for it, and the order operators are created in decides their generated ids (the
+    ids checkpoints and savepoints are matched by).
+    """
     from pyflink.common import Row, WatermarkStrategy
     from pyflink.common.typeinfo import Types
-    from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-    from pyflink.datastream.state import (
-        ListStateDescriptor,
-        MapStateDescriptor,
-        StateTtlConfig,
-        ValueStateDescriptor,
-    )
+    from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
-    from inference.serve.client import RankerClient, ServeUnavailable
-    from streaming.kafka_io import OUTPUT_TYPE, RAW_TYPE, keyed_kafka_sink, raw_kafka_source
+    from streaming.kafka_io import OUTPUT_TYPE, RAW_TYPE, raw_kafka_source
 
     topics = cfg.topics
     known = frozenset(cfg.known_items)
@@ -121,7 +132,42 @@ def build_job(env, cfg: StreamConfig) -> None:
                 key = bytes(value[0]) if value[0] is not None else b""
                 yield dead_tag, Row(topics.dead_letter, key, result.to_json())
                 return
-            yield shard_of(result.user_id, cfg.shards), result, int(value[4])
+            yield key_of(result), result, int(value[4])
+
+    source = raw_kafka_source(cfg.bootstrap_servers, topics.events, cfg.group_id, cfg.starting_offsets,
+                              cfg.stopping_offsets)
+    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "events", type_info=RAW_TYPE)
+    parsed = raw.process(Parse(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
+    return parsed, dead_tag
+
+
+def sink_outputs(outputs, cfg: StreamConfig) -> None:
+    """The end both designs share: one KafkaSink for every OUTPUT_TYPE row (states, scores, dead letters)."""
+    from streaming.kafka_io import keyed_kafka_sink
+
+    sink = keyed_kafka_sink(cfg.bootstrap_servers, exactly_once=cfg.mode == "transactional",
+                            transactional_id_prefix=cfg.transactional_id_prefix)
+    outputs.sink_to(sink).name("outputs")
+
+
+def build_job(env, cfg: StreamConfig) -> None:
+    """Add the job's operators to a StreamExecutionEnvironment (call env.execute to run)."""
+    from pyflink.common import Row
+    from pyflink.common.typeinfo import Types
+    from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+    from pyflink.datastream.state import (
+        ListStateDescriptor,
+        MapStateDescriptor,
+        StateTtlConfig,
+        ValueStateDescriptor,
+    )
+
+    from inference.serve.client import RankerClient, ServeUnavailable
+    from streaming.kafka_io import OUTPUT_TYPE
+
+    topics = cfg.topics
+    shards = cfg.shards
+    parsed, dead_tag = parse_events(env, cfg, lambda event: shard_of(event.user_id, shards))
 
     class UserScoring(KeyedProcessFunction):
         def open(self, runtime_context: RuntimeContext) -> None:
@@ -207,16 +253,25 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.pending.clear()
             self.pending_count.clear()
 
-    source = raw_kafka_source(cfg.bootstrap_servers, topics.events, cfg.group_id, cfg.starting_offsets,
-                              cfg.stopping_offsets)
-    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "events", type_info=RAW_TYPE)
-    parsed = raw.process(Parse(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
     scored = (parsed.key_by(lambda v: v[0], key_type=Types.INT())
               .process(UserScoring(), output_type=OUTPUT_TYPE).name("user-state-and-scores"))
-    outputs = scored.union(parsed.get_side_output(dead_tag))
-    sink = keyed_kafka_sink(cfg.bootstrap_servers, exactly_once=cfg.mode == "transactional",
-                            transactional_id_prefix=cfg.transactional_id_prefix)
-    outputs.sink_to(sink).name("outputs")
+    sink_outputs(scored.union(parsed.get_side_output(dead_tag)), cfg)
+
+
+def prometheus_reporter_jar() -> Path:
+    """Flink's Prometheus reporter jar, shipped in PyFlink's plugins folder."""
+    import pyflink
+
+    jars = sorted((Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus").glob("*.jar"))
+    if not jars:
+        raise FileNotFoundError("flink-metrics-prometheus jar not found in PyFlink's plugins/metrics-prometheus")
+    return jars[0]
+
+
+def prometheus_reporter_config(port: int) -> dict[str, str]:
+    """Flink settings that turn the Prometheus reporter on (the jar must be on the classpath)."""
+    return {"metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+            "metrics.reporter.prom.port": str(port)}
 
 
 def run_job(cfg: StreamConfig, wait: bool = True):
@@ -228,10 +283,12 @@ def run_job(cfg: StreamConfig, wait: bool = True):
 
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     thread_mode = cfg.design == "thread-batched"
+    extra = dict(cfg.extra_flink_config)
+    if cfg.metrics_port is not None:
+        extra.update(prometheus_reporter_config(cfg.metrics_port))
     conf = flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
                                checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=thread_mode,
-                               parallelism=cfg.parallelism, restore_from=cfg.restore_from,
-                               extra=cfg.extra_flink_config)
+                               parallelism=cfg.parallelism, restore_from=cfg.restore_from, extra=extra)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     if thread_mode:
         build_job(env, cfg)

@@ -40,7 +40,7 @@ class JobProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child process
         self.proc = subprocess.Popen([sys.executable, "-m", "streaming.job", str(config_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=_job_env())
+                                     env=_job_env(self.cfg))
         return self
 
     def running(self) -> bool:
@@ -74,8 +74,14 @@ class JobProcess:
             return ""
 
 
-def _job_env() -> dict[str, str]:
+def _job_env(cfg: StreamConfig) -> dict[str, str]:
     env = dict(os.environ)
+    if cfg.metrics_port is not None:
+        from streaming.job import prometheus_reporter_jar
+
+        # PyFlink's launcher appends HADOOP_CLASSPATH to the JVM's classpath: how the reporter is found
+        env["HADOOP_CLASSPATH"] = os.pathsep.join(filter(None, [str(prometheus_reporter_jar()),
+                                                                env.get("HADOOP_CLASSPATH")]))
     site = [p for p in sys.path if p.endswith("site-packages")]
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *site, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -35,6 +35,7 @@ class PipelineOptions:
     work_dir: Path | None = None
     settle_timeout_s: float = 120.0
     show_users: int = 3
+    metrics_port: int | None = None  # Flink's Prometheus reporter; None = off
     job_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,11 +77,14 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
     with kafka_cluster(opts.bootstrap_servers, topics) as bootstrap, LocalServe(opts.artifact) as served:
         cfg = StreamConfig(bootstrap_servers=bootstrap, serve_url=served.url, known_items=list(dataset.items.item_id),
                            topics=topics, mode=opts.mode, checkpoint_interval_ms=opts.checkpoint_interval_ms,
-                           checkpoint_dir=str(work / "checkpoints"), **opts.job_overrides)
+                           checkpoint_dir=str(work / "checkpoints"), metrics_port=opts.metrics_port,
+                           **opts.job_overrides)
         monitor = OutputMonitor(bootstrap, topics).start()
         job = JobProcess(cfg, work).start()
         try:
             print(f"Kafka {bootstrap} | Serve {served.url} | job log {job.log_path}", file=out, flush=True)
+            if opts.metrics_port:
+                print(f"Flink metrics (Prometheus): http://127.0.0.1:{opts.metrics_port}/metrics", file=out, flush=True)
             sent = [0]
             producer = threading.Thread(
                 target=lambda: sent.__setitem__(0, replay(events, bootstrap, topics.events,

@@ -1,0 +1,114 @@
+"""The embedded default listens on loopback only, and the job's metrics reach Flink's Prometheus reporter.
+
+Runs the whole pipeline (Kafka, Ray Serve, the Flink job, a short replay) as `reaseq stream run`
+does, lists the listening TCP sockets of every process it started, and scrapes the reporter.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from inference.serve.local import free_port
+from monitoring import metrics as names
+from streaming.runner import PipelineOptions, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+# Listeners allowed off loopback, each for a reason outside this project's code:
+# - Flink's PrometheusReporter has no host option: its HTTP server binds every interface.
+# - Ray's core processes (gcs_server, raylet, workers, dashboard agent, runtime-env agent) bind their
+#   gRPC/HTTP servers to all interfaces or to the node IP, and ray.init maps 127.0.0.1 to the node IP
+#   on purpose (ray._private.services.resolve_ip_for_localhost).
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+REQUIRED_METRICS = (names.EVENTS_IN, names.STATES_OUT, names.SCORES_OUT, names.EVENT_TO_SCORE_MS,
+                    names.SCORE_BATCH_SIZE, names.INFERENCE_LATENCY_MS, names.LLM_CALLS)
+
+
+def _is_ray_process(name: str, cmdline: str) -> bool:
+    return name in ("gcs_server", "raylet") or name.startswith("ray::") or "/ray/" in cmdline
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return ""
+
+
+def _listeners(pids: set[int]) -> set[tuple[str, int, str, str]]:
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        parts = line.split()
+        local = parts[3]
+        host, port = local.rsplit(":", 1)
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in pids:
+                found.add((host.strip("[]"), int(port), name, _cmdline(int(pid))))
+    return found
+
+
+def test_demo_listens_on_loopback_only_and_exports_job_metrics(tmp_path, ml100k_sequences):
+    import os
+
+    from ranking.experiment import train_and_save
+    from ranking.train import TrainConfig
+
+    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
+    artifact = train_and_save(ml100k_sequences, cfg, progress=False, root=tmp_path / "artifacts").artifact
+    metrics_port = free_port()
+    opts = PipelineOptions(artifact=str(artifact.path), rate=150.0, limit=3000, work_dir=tmp_path / "work",
+                           metrics_port=metrics_port, show_users=1)
+    output = io.StringIO()
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(run_pipeline(opts, out=output)), daemon=True)
+    runner.start()
+    seen: set[tuple[str, int, str, str]] = set()
+    scraped = ""
+    while runner.is_alive():
+        seen |= _listeners(_descendants(os.getpid()))
+        if not all(name in scraped for name in REQUIRED_METRICS):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+                    scraped = response.read().decode()
+            except OSError:
+                pass
+        time.sleep(0.5)
+    runner.join()
+    assert result.get("scores") == 3000, output.getvalue()[-3000:]
+    assert seen, "no listening sockets found for the demo's processes"
+    off_loopback = {(h, p, n, c) for h, p, n, c in seen if h not in LOOPBACK}
+    unexpected = {(h, p, n, c) for h, p, n, c in off_loopback if p != metrics_port and not _is_ray_process(n, c)}
+    assert not unexpected, f"listeners off loopback beyond Ray's and the reporter's: {sorted(unexpected)}"
+    # Kafka, the Flink job (REST, RPC, blob, data), its Python side and Serve's HTTP proxy are on loopback
+    ours = {(h, p, n) for h, p, n, c in seen if not _is_ray_process(n, c) and p != metrics_port}
+    assert ours and all(h in LOOPBACK for h, _, _ in ours), sorted(ours)
+    for name in REQUIRED_METRICS:
+        assert name in scraped, f"{name} not exported by Flink's Prometheus reporter"
+    assert "KafkaSource" in scraped or "kafka" in scraped.lower()
