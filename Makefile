@@ -20,7 +20,7 @@ setup: $(STAMP)
 jvm: setup
 	$(PY) -m streaming.jvm_deps
 
-demo: setup
+demo: setup jvm
 	$(VENV)/bin/reaseq demo
 
 test: setup jvm

@@ -69,6 +69,8 @@ class StreamBenchOptions:
     checkpoint_interval_ms: int = 2000
     timeout_seconds: float = 300.0
     perf_tools: bool = True
+    job_settings: dict[str, Any] = field(default_factory=dict)  # StreamConfig fields (shards, batch_size, …)
+    flink_conf: dict[str, str] = field(default_factory=dict)  # extra Flink configuration for the job
     work_dir: Path | None = None
     out: Path = Path("bench/results")
 
@@ -83,6 +85,13 @@ class StreamBenchOptions:
         for design in self.designs:
             if design not in DESIGNS:
                 raise ValueError(f"unknown design {design!r}; choose from {DESIGNS}")
+        fixed = {"bootstrap_servers", "serve_url", "known_items", "topics", "mode", "design", "checkpoint_dir",
+                 "checkpoint_interval_ms", "group_id", "transactional_id_prefix", "extra_flink_config", "job_name",
+                 # a bounded or restored job would measure something else; the reporter binds all interfaces
+                 "stopping_offsets", "restore_from", "metrics_port"}
+        unknown = set(self.job_settings) - (set(StreamConfig.__dataclass_fields__) - fixed)
+        if unknown:
+            raise ValueError(f"--job-set cannot set {sorted(unknown)} (not a StreamConfig field, or set by the bench)")
         if "async-io" in self.designs:
             import importlib.util
 
@@ -250,6 +259,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines += ["", f"machine: {result['machine']}; {result['cpu_count']} CPUs; load average at start "
               f"{result['loadavg_start']}, at end {result.get('loadavg_end')}; model {result.get('model_version')}",
               f"command: `{result.get('command', '')}`"]
+    tuned = {**result["options"].get("job_settings", {}), **result["options"].get("flink_conf", {})}
+    if tuned:
+        lines.append("job settings: " + ", ".join(f"{k}={v}" for k, v in tuned.items()))
     return "\n".join(lines)
 
 
@@ -496,7 +508,6 @@ class _Shared:
     opts: StreamBenchOptions
     work: Path
     log: Callable[[str], None]
-    job_settings: dict[str, Any] = field(default_factory=dict)
 
 
 def _records(events: Sequence[Any], size: int) -> list[tuple[bytes, bytes]]:
@@ -533,7 +544,8 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                        known_items=shared.known_items, topics=topics, mode=mode, design=design,
                        checkpoint_dir=str(work / "checkpoints"), checkpoint_interval_ms=opts.checkpoint_interval_ms,
                        group_id=f"bench-{tag}", transactional_id_prefix=f"bench-{tag}",
-                       job_name=f"reaseq-bench-{design}-{mode}")
+                       job_name=f"reaseq-bench-{design}-{mode}",
+                       extra_flink_config=dict(opts.flink_conf), **opts.job_settings)
     first = take_events(shared.events, 0, opts.events)
     first_ids = [e.event_id for e in first]
     producer = new_producer(shared.bootstrap)
@@ -550,7 +562,8 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
         job_start_ms = time.time() * 1000
         job.start()
         _wait(lambda: monitor.count(first_ids) >= len(first_ids), job, opts.timeout_seconds,
-              lambda: f"{design}/{mode} (b): scored {monitor.count(first_ids):,}/{len(first_ids):,}", log)
+              lambda: f"{design}/{mode} (b): scored {monitor.count(first_ids):,}/{len(first_ids):,} "
+                      f"({time.time() - job_start_ms / 1000:.0f} s since the job started)", log)
         arrivals = [a for a, _ in monitor.seen(first_ids)]
         first_ms, last_ms = min(arrivals), max(arrivals)
         throughput = {"events": len(first), "scored": len(arrivals), "dead_letters": monitor.snapshot().dead_letters,
@@ -747,10 +760,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-interval-ms", type=int, default=defaults.checkpoint_interval_ms)
     parser.add_argument("--timeout-seconds", type=float, default=defaults.timeout_seconds,
                         help="give up on one measurement after this long (default 300)")
+    parser.add_argument("--job-set", metavar="FIELD=VALUE", action="append", default=[],
+                        help="a StreamConfig field for the job, e.g. batch_size=256 or max_wait_ms=10 (repeatable)")
+    parser.add_argument("--flink-conf", metavar="KEY=VALUE", action="append", default=[],
+                        help="extra Flink configuration for the job, e.g. python.fn-execution.bundle.time=10 "
+                             "(repeatable)")
     parser.add_argument("--no-perf-tools", dest="perf_tools", action="store_false",
                         help="skip Kafka's ProducerPerformance/ConsumerPerformance")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep job logs and checkpoints here")
     parser.add_argument("--out", type=Path, default=defaults.out, help="folder for stream.json")
+
+
+def split_setting(text: str) -> tuple[str, str]:
+    """'key=value' → (key, value)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def parse_job_settings(items: Sequence[str]) -> dict[str, Any]:
+    """'field=value' items → StreamConfig fields, each value typed like the field's default."""
+    defaults = StreamConfig(bootstrap_servers="", serve_url="", known_items=[])
+    settings: dict[str, Any] = {}
+    for item in items:
+        name, value = split_setting(item)
+        if name not in StreamConfig.__dataclass_fields__:
+            raise ValueError(f"--job-set: StreamConfig has no field {name!r}")
+        current = getattr(defaults, name)
+        if isinstance(current, bool):
+            settings[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, int | float):
+            settings[name] = type(current)(value)
+        else:
+            settings[name] = value
+    return settings
 
 
 def options_from_args(args: argparse.Namespace) -> StreamBenchOptions:
@@ -759,13 +803,15 @@ def options_from_args(args: argparse.Namespace) -> StreamBenchOptions:
                               modes=tuple(dict.fromkeys(args.modes)), designs=tuple(dict.fromkeys(args.designs)),
                               artifact=args.artifact, event_bytes=args.event_bytes,
                               checkpoint_interval_ms=args.checkpoint_interval_ms, timeout_seconds=args.timeout_seconds,
-                              perf_tools=args.perf_tools, work_dir=args.work_dir, out=Path(args.out))
+                              perf_tools=args.perf_tools, job_settings=parse_job_settings(args.job_set),
+                              flink_conf=dict(split_setting(s) for s in args.flink_conf), work_dir=args.work_dir,
+                              out=Path(args.out))
 
 
 def main_from_args(args: argparse.Namespace, command: str | None = None) -> int:
     """Run the bench, print the tables (stdout) and write bench/results/stream.json; 1 if a run failed."""
-    opts = options_from_args(args)
     try:
+        opts = options_from_args(args)
         opts.validate()
         result = run_stream_bench(opts)
     except ValueError as exc:

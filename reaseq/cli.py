@@ -101,11 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(instead of --rate)")
     replay_cmd.add_argument("--limit", type=int, default=None)
 
-    demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, "
-                 "results table, a few users' recommendations")
+    demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, results table, "
+                 "then the streaming pipeline (Kafka → PyFlink → Ray Serve → Kafka) replaying the ratings "
+                 "with live progress and a few users' recommendations")
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     _add_train_args(demo)
     demo.add_argument("--seeds", type=int, nargs="+", default=[1])
+    demo.add_argument("--rate", type=float, default=2000.0, help="replay rate of the streaming part (events/s)")
+    demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
+    demo.add_argument("--mode", default="low-latency", choices=["low-latency", "transactional"])
+    demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")
     return parser
 
 
@@ -123,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "ray", "py4j"):  # their INFO lines would drown the progress line
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from ranking.config import ConfigError
     from ranking.data import DatasetError
 
@@ -215,22 +222,31 @@ def _demo(args: argparse.Namespace) -> int:
     from ranking.splits import build_sequences
 
     started = time.time()
-    print("[1/3] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
+    steps = 3 if args.no_stream else 4
+    print(f"[1/{steps}] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
     dataset = load_dataset("ml-100k")
     data = build_sequences(dataset)
     print(f"      {len(dataset.interactions):,} interactions, {len(data.user_ids)} users, {data.num_items:,} items")
-    print(f"[2/3] train + evaluate: popularity and the SASRec-CE ranker (seeds {args.seeds})")
+    print(f"[2/{steps}] train + evaluate: popularity and the SASRec-CE ranker (seeds {args.seeds})")
     cfg = _train_config(args, "ml-100k")
     result = run_quality(data, cfg, args.seeds, progress=not args.quiet)
     result["command"] = "reaseq demo"
     write_result(result, Path("bench/results/demo"))
-    print("[3/3] results (leave-one-out, full ranking over all items minus the user's history)\n")
+    print(f"[3/{steps}] results (leave-one-out, full ranking over all items minus the user's history)\n")
     print(markdown_table(result))
     from ranking.artifacts import load_artifact
 
     artifact = load_artifact(Path(result["ranker_runs"][0]["artifact"]))
     print(f"\nranker artifact: {artifact.path}")
     print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of()))
+    if not args.no_stream:
+        from inference.serve.local import free_port
+        from streaming.runner import PipelineOptions, run_pipeline
+
+        print(f"\n[4/4] streaming: replay the ratings at {args.rate:.0f} events/s through Kafka → PyFlink → "
+              f"Ray Serve ({artifact.version}) → Kafka, {args.mode} mode")
+        run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit, mode=args.mode,
+                                     metrics_port=free_port()))
     print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
     return 0
 

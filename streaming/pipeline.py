@@ -193,7 +193,10 @@ def consumer_lag(bootstrap_servers: str, topic: str, group_id: str) -> int | Non
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="reaseq-lag")
-        committed = admin.list_consumer_group_offsets(group_id)
+        try:
+            committed = admin.list_group_offsets(group_id).get(group_id, {})
+        except Exception:  # no offsets committed yet (the group appears at the job's first checkpoint)
+            committed = {}
         admin.close()
         consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -12,6 +12,7 @@ from bench.stream import (
     markdown_table,
     median,
     parse_consumer_perf,
+    parse_job_settings,
     parse_producer_perf,
     percentiles,
     rate_between,
@@ -153,3 +154,12 @@ def test_markdown_table_without_perf_tools():
     table = markdown_table(result)
     assert "skipped (--no-perf-tools)" in table
     assert "| 1.00 |" not in table and result["pipeline"][0]["ratio_to_producer_perf"] is None
+
+
+def test_job_settings_are_typed_like_the_config():
+    assert parse_job_settings(["batch_size=256", "serve_timeout_s=2.5", "starting_offsets=latest"]) == {
+        "batch_size": 256, "serve_timeout_s": 2.5, "starting_offsets": "latest"}
+    with pytest.raises(ValueError):
+        parse_job_settings(["no_such_field=1"])
+    with pytest.raises(ValueError):
+        parse_job_settings(["batch_size"])

@@ -7,8 +7,6 @@ does, lists the listening TCP sockets of every process it started, and scrapes t
 from __future__ import annotations
 
 import io
-import re
-import subprocess
 import threading
 import time
 import urllib.request
@@ -18,6 +16,7 @@ import pytest
 
 from inference.serve.local import free_port
 from monitoring import metrics as names
+from streaming.procnet import is_loopback, listening_sockets
 from streaming.runner import PipelineOptions, run_pipeline
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,6 @@ pytestmark = pytest.mark.slow
 # - Ray's core processes (gcs_server, raylet, workers, dashboard agent, runtime-env agent) bind their
 #   gRPC/HTTP servers to all interfaces or to the node IP, and ray.init maps 127.0.0.1 to the node IP
 #   on purpose (ray._private.services.resolve_ip_for_localhost).
-LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 REQUIRED_METRICS = (names.EVENTS_IN, names.STATES_OUT, names.SCORES_OUT, names.EVENT_TO_SCORE_MS,
                     names.SCORE_BATCH_SIZE, names.INFERENCE_LATENCY_MS, names.LLM_CALLS)
 
@@ -62,15 +60,16 @@ def _cmdline(pid: int) -> str:
 
 
 def _listeners(pids: set[int]) -> set[tuple[str, int, str, str]]:
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    """(address, port, process name, command line) of every TCP listener of these processes."""
     found = set()
-    for line in out.splitlines():
-        parts = line.split()
-        local = parts[3]
-        host, port = local.rsplit(":", 1)
-        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
-            if int(pid) in pids:
-                found.add((host.strip("[]"), int(port), name, _cmdline(int(pid))))
+    for pid in pids:
+        try:
+            sockets = listening_sockets(pid)
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:  # the process ended meanwhile
+            continue
+        for host, port in sockets:
+            found.add((host, port, name, _cmdline(pid)))
     return found
 
 
@@ -103,12 +102,12 @@ def test_demo_listens_on_loopback_only_and_exports_job_metrics(tmp_path, ml100k_
     runner.join()
     assert result.get("scores") == 3000, output.getvalue()[-3000:]
     assert seen, "no listening sockets found for the demo's processes"
-    off_loopback = {(h, p, n, c) for h, p, n, c in seen if h not in LOOPBACK}
+    off_loopback = {(h, p, n, c) for h, p, n, c in seen if not is_loopback(h)}
     unexpected = {(h, p, n, c) for h, p, n, c in off_loopback if p != metrics_port and not _is_ray_process(n, c)}
     assert not unexpected, f"listeners off loopback beyond Ray's and the reporter's: {sorted(unexpected)}"
     # Kafka, the Flink job (REST, RPC, blob, data), its Python side and Serve's HTTP proxy are on loopback
     ours = {(h, p, n) for h, p, n, c in seen if not _is_ray_process(n, c) and p != metrics_port}
-    assert ours and all(h in LOOPBACK for h, _, _ in ours), sorted(ours)
+    assert ours and all(is_loopback(h) for h, _, _ in ours), sorted(ours)
     for name in REQUIRED_METRICS:
         assert name in scraped, f"{name} not exported by Flink's Prometheus reporter"
     assert "KafkaSource" in scraped or "kafka" in scraped.lower()
