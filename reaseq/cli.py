@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "(instead of --rate)")
     replay_cmd.add_argument("--limit", type=int, default=None)
 
+    bench_stream = bench_cmds.add_parser(
+        "stream", help="Kafka passthrough ceiling vs the pipeline's sustained events/s and event→score latency "
+                       "at fixed rates, both output modes; median of runs; JSON to bench/results/stream.json")
+    from bench.stream import add_arguments as add_stream_bench_arguments
+
+    add_stream_bench_arguments(bench_stream)
+
     demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, results table, "
                  "then the streaming pipeline (Kafka → PyFlink → Ray Serve → Kafka) replaying the ratings "
                  "with live progress and a few users' recommendations")
@@ -202,6 +209,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "stream":
+        from bench.stream import main_from_args
+
+        return main_from_args(args)
     from bench.quality import markdown_table, run_quality, write_result
     from ranking.experiment import load_sequences
 
