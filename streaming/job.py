@@ -60,6 +60,7 @@ class StreamConfig:
     top_k: int = 10
     max_recent: int = DEFAULT_MAX_RECENT
     state_ttl_days: float = 30.0
+    state_cache_size: int = 100_000  # users kept decoded in memory (write-through; keyed state stays the truth)
     parallelism: int = 1
     restore_from: str | None = None
     job_name: str = "reaseq-stream"
@@ -155,12 +156,7 @@ def build_job(env, cfg: StreamConfig) -> None:
     from pyflink.common import Row
     from pyflink.common.typeinfo import Types
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-    from pyflink.datastream.state import (
-        ListStateDescriptor,
-        MapStateDescriptor,
-        StateTtlConfig,
-        ValueStateDescriptor,
-    )
+    from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig
 
     from inference.serve.client import RankerClient, ServeUnavailable
     from streaming.kafka_io import OUTPUT_TYPE
@@ -170,6 +166,15 @@ def build_job(env, cfg: StreamConfig) -> None:
     parsed, dead_tag = parse_events(env, cfg, lambda event: shard_of(event.user_id, shards))
 
     class UserScoring(KeyedProcessFunction):
+        """Per-user state and the shard's pending score requests.
+
+        Keyed state is the source of truth (checkpointed). Two in-memory helpers only save state
+        round trips: a write-through cache of user states (this instance is the only writer of its
+        keys; empty after a restore, then filled from MapState) and per-shard counters of pending
+        requests and armed timers (after a restore they start at zero: the restored timers still fire
+        and flush whatever the restored ListState holds).
+        """
+
         def open(self, runtime_context: RuntimeContext) -> None:
             users = MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
             if cfg.state_ttl_days > 0:
@@ -180,8 +185,9 @@ def build_job(env, cfg: StreamConfig) -> None:
                 users.enable_time_to_live(ttl)
             self.users = runtime_context.get_map_state(users)
             self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", Types.PICKLED_BYTE_ARRAY()))
-            self.pending_count = runtime_context.get_state(ValueStateDescriptor("pending_count", Types.INT()))
-            self.timer = runtime_context.get_state(ValueStateDescriptor("timer", Types.LONG()))
+            self.cache: dict[str, UserState] = {}
+            self.pending_counts: dict[int, int] = {}
+            self.armed: dict[int, int] = {}
             self.client = RankerClient(cfg.serve_url, timeout_s=cfg.serve_timeout_s, retries=cfg.serve_retries)
             group = runtime_context.get_metrics_group()
             self.m_duplicates = group.counter(names.EVENTS_DUPLICATE)
@@ -193,40 +199,52 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.m_batch_size = group.distribution(names.SCORE_BATCH_SIZE)
             self.m_latency = group.distribution(names.INFERENCE_LATENCY_MS)
             self.m_event_to_score = group.distribution(names.EVENT_TO_SCORE_MS)
-            self._pending_total = 0
-            group.gauge(names.PENDING_SCORES, lambda: self._pending_total)
+            group.gauge(names.PENDING_SCORES, lambda: sum(self.pending_counts.values()))
+
+        def _state(self, user_id: str) -> UserState | None:
+            state = self.cache.get(user_id)
+            if state is None:
+                raw = self.users.get(user_id)
+                state = UserState.from_json(raw) if raw is not None else None
+            return state
 
         def process_element(self, value, ctx):
             _, event, kafka_ts = value
-            raw = self.users.get(event.user_id)
-            state = UserState.from_json(raw) if raw is not None else None
-            state, changed = apply_event(state, event, cfg.max_recent)
+            state, changed = apply_event(self._state(event.user_id), event, cfg.max_recent)
             if not changed:
                 self.m_duplicates.inc()
                 return
             encoded = state.to_json()
             self.users.put(event.user_id, encoded)
+            if len(self.cache) >= cfg.state_cache_size:
+                self.cache.clear()
+            self.cache[event.user_id] = state
             self.m_states.inc()
             yield Row(topics.user_state, event.user_id.encode(), encoded)
             self.pending.add(PendingScore(state, event.event_id, kafka_ts).to_bytes())
-            count = (self.pending_count.value() or 0) + 1
-            self.pending_count.update(count)
-            self._pending_total += 1
+            shard = ctx.get_current_key()
+            count = self.pending_counts.get(shard, 0) + 1
+            self.pending_counts[shard] = count
             if count >= cfg.batch_size:
-                yield from self._flush(ctx)
-            elif self.timer.value() is None:
-                due = ctx.timer_service().current_processing_time() + cfg.max_wait_ms
-                ctx.timer_service().register_processing_time_timer(due)
-                self.timer.update(due)
+                yield from self._flush(ctx, shard)
+            elif shard not in self.armed:
+                self._arm(ctx, shard, cfg.max_wait_ms)
+
+        def _arm(self, ctx, shard: int, delay_ms: int) -> None:
+            due = ctx.timer_service().current_processing_time() + delay_ms
+            ctx.timer_service().register_processing_time_timer(due)
+            self.armed[shard] = due
 
         def on_timer(self, timestamp, ctx):
-            if self.timer.value() == timestamp:
-                self.timer.clear()
-            yield from self._flush(ctx)
+            shard = ctx.get_current_key()
+            if self.armed.get(shard) == timestamp:
+                del self.armed[shard]
+            yield from self._flush(ctx, shard)
 
-        def _flush(self, ctx):
+        def _flush(self, ctx, shard: int):
             raw = list(self.pending.get() or [])
             if not raw:
+                self.pending_counts[shard] = 0
                 return
             pending = [PendingScore.from_bytes(r) for r in raw]
             started = time.perf_counter()
@@ -235,10 +253,8 @@ def build_job(env, cfg: StreamConfig) -> None:
             except ServeUnavailable:
                 # keep every pending request (checkpointed) and try again later
                 self.m_errors.inc()
-                if self.timer.value() is None:
-                    due = ctx.timer_service().current_processing_time() + cfg.retry_backoff_ms
-                    ctx.timer_service().register_processing_time_timer(due)
-                    self.timer.update(due)
+                if shard not in self.armed:
+                    self._arm(ctx, shard, cfg.retry_backoff_ms)
                 return
             self.m_latency.update(int((time.perf_counter() - started) * 1000))
             self.m_batches.inc()
@@ -249,9 +265,8 @@ def build_job(env, cfg: StreamConfig) -> None:
             for item in pending:
                 self.m_event_to_score.update(max(0, now - item.event_kafka_ts))
             self.m_scores.inc(len(pending))
-            self._pending_total = max(0, self._pending_total - len(pending))
             self.pending.clear()
-            self.pending_count.clear()
+            self.pending_counts[shard] = 0
 
     scored = (parsed.key_by(lambda v: v[0], key_type=Types.INT())
               .process(UserScoring(), output_type=OUTPUT_TYPE).name("user-state-and-scores"))

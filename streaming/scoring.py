@@ -26,13 +26,18 @@ class PendingScore:
     event_kafka_ts: int  # the event's Kafka record timestamp (ms): start of event→score latency
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"state": json.loads(self.state.to_json()), "event_id": self.event_id,
-                           "event_kafka_ts": self.event_kafka_ts}, separators=(",", ":")).encode()
+        """Compact form for keyed state: only what scoring and the scores record need."""
+        s = self.state
+        return json.dumps([s.user_id, s.version, s.last_event_ts, list(s.recent_items), list(s.inferred_items),
+                           s.inferred_model_version, self.event_id, self.event_kafka_ts],
+                          separators=(",", ":")).encode()
 
     @staticmethod
     def from_bytes(raw: bytes) -> PendingScore:
-        data = json.loads(raw)
-        return PendingScore(UserState.from_json(json.dumps(data["state"])), data["event_id"], data["event_kafka_ts"])
+        user, version, event_ts, recent, inferred, inferred_version, event_id, kafka_ts = json.loads(raw)
+        state = UserState(user_id=user, version=version, last_event_ts=event_ts, recent_items=tuple(recent),
+                          inferred_items=tuple(inferred), inferred_model_version=inferred_version)
+        return PendingScore(state, event_id, kafka_ts)
 
 
 def ranker_request(pending: list[PendingScore]) -> list[dict[str, Any]]:

@@ -92,3 +92,20 @@ def test_state_json_round_trip():
 def test_consumers_keep_only_newer_versions():
     assert newer(1, None) and newer(3, 2)
     assert not newer(2, 2) and not newer(1, 2)
+
+
+def test_pending_score_round_trip_keeps_what_scoring_needs():
+    from streaming.scoring import PendingScore, ranker_request, score_records
+
+    state = None
+    for n, item in enumerate(["1", "2"]):
+        state, _ = apply_event(state, _event(n, item))
+    pending = PendingScore.from_bytes(PendingScore(state, "e1", 1234).to_bytes())
+    assert ranker_request([pending]) == [{"user_id": "u1", "recent_items": ["1", "2"], "inferred_items": []}]
+    response = {"model_version": "v1", "results": [{"items": ["9", "8"], "scores": [0.9, 0.8]}]}
+    [(topic, key, value)] = score_records([pending], response, "scores", now_ms=lambda: 2000)
+    body = json.loads(value)
+    assert (topic, key) == ("scores", b"u1")
+    assert body["version"] == 2 and body["event_id"] == "e1" and body["event_kafka_ts"] == 1234
+    assert body["items"] == ["9", "8"] and body["model_version"] == "v1" and body["emit_ts"] == 2000
+    assert body["event_ts"] == 1001
