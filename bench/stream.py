@@ -47,7 +47,18 @@ from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.topics import TopicsConfig, ensure_topics
 
 RESULT_NAME = "stream.json"
-PERF_TOOLS_FALLBACK_VERSION = "4.3.1"  # newest kafka-tools on Maven Central when kafka_2.13 4.4.0 was pinned
+def _pom_property(name: str) -> str | None:
+    """A version property pinned in streaming/jvm/pom.xml."""
+    import xml.etree.ElementTree as ElementTree
+
+    from streaming.jvm_deps import POM_PATH
+
+    root = ElementTree.parse(POM_PATH).getroot()
+    found = root.find(f"{{http://maven.apache.org/POM/4.0.0}}properties/{{http://maven.apache.org/POM/4.0.0}}{name}")
+    return found.text.strip() if found is not None and found.text else None
+
+
+PERF_TOOLS_FALLBACK_VERSION = _pom_property("kafka-tools.version")  # pinned in streaming/jvm/pom.xml
 MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 PERF_RECORD_SIZE = 200
 JAVA_TOOL_OPTS = ("-Xmx512m", "-Duser.language=en", "-Duser.country=US", "-Djava.awt.headless=true")
