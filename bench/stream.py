@@ -44,6 +44,7 @@ from typing import Any, TextIO
 
 from streaming.job import DESIGNS, MODES, StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor
+from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
 
 RESULT_NAME = "stream.json"
@@ -336,11 +337,11 @@ class ScoreTimes(OutputMonitor):
     def _observe(self, topic: str, key: bytes, value: bytes, now_ms: int) -> None:
         super()._observe(topic, key, value, now_ms)
         if topic == self.topics.user_scores:
-            body = json.loads(value)
-            if body["event_id"] in self.first_seen:
-                self.duplicates += 1
-            else:
-                self.first_seen[body["event_id"]] = (now_ms, max(0, now_ms - body["event_kafka_ts"]))
+            for event_id, kafka_ts in covered_events(json.loads(value)):
+                if event_id in self.first_seen:
+                    self.duplicates += 1
+                else:
+                    self.first_seen[event_id] = (now_ms, max(0, now_ms - kafka_ts))
 
     def seen(self, event_ids: Sequence[str]) -> list[tuple[int, int]]:
         with self._lock:

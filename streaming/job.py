@@ -28,7 +28,7 @@ from typing import Any
 
 from monitoring import metrics as names
 from streaming.events import REASONS, DeadLetter, Event, parse_event
-from streaming.scoring import PendingScore, ranker_request, score_records
+from streaming.scoring import PendingScore, coalesce, coalesced_score_records, ranker_request
 from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
 from streaming.topics import TopicsConfig
 
@@ -58,6 +58,7 @@ class StreamConfig:
     serve_timeout_s: float = 5.0
     serve_retries: int = 2
     top_k: int = 10
+    coalesce: bool = True  # score only each user's newest state per batch (see streaming.scoring.coalesce)
     max_recent: int = DEFAULT_MAX_RECENT
     state_ttl_days: float = 30.0
     state_cache_size: int = 100_000  # users kept decoded in memory (write-through; keyed state stays the truth)
@@ -67,8 +68,8 @@ class StreamConfig:
     # thread-batched: thread mode, keyed micro-batches flushed by size/time (this module);
     # async-io: process mode with Flink's async I/O (streaming/job_async.py)
     design: str = "thread-batched"
-    # async-io only: Flink's async I/O timeout per score request (on expiry the job fails over and
-    # restarts from its last checkpoint; 0 = no timeout) and the most requests in flight per subtask
+    # async-io only: deadline of a score request (on expiry the job fails over and restarts from its
+    # last checkpoint; 0 = none) and the most requests in flight per async subtask (Flink's capacity)
     async_timeout_ms: int = 60_000
     async_capacity: int = 256
     extra_flink_config: dict[str, str] = field(default_factory=dict)
@@ -247,9 +248,10 @@ def build_job(env, cfg: StreamConfig) -> None:
                 self.pending_counts[shard] = 0
                 return
             pending = [PendingScore.from_bytes(r) for r in raw]
+            groups = coalesce(pending) if cfg.coalesce else [[p] for p in pending]
             started = time.perf_counter()
             try:
-                response = self.client.score(ranker_request(pending), top_k=cfg.top_k)
+                response = self.client.score(ranker_request([g[-1] for g in groups]), top_k=cfg.top_k)
             except ServeUnavailable:
                 # keep every pending request (checkpointed) and try again later
                 self.m_errors.inc()
@@ -258,9 +260,9 @@ def build_job(env, cfg: StreamConfig) -> None:
                 return
             self.m_latency.update(int((time.perf_counter() - started) * 1000))
             self.m_batches.inc()
-            self.m_batch_size.update(len(pending))
+            self.m_batch_size.update(len(groups))
             now = _now_ms()
-            for record in score_records(pending, response, topics.user_scores):
+            for record in coalesced_score_records(groups, response, topics.user_scores):
                 yield Row(*record)
             for item in pending:
                 self.m_event_to_score.update(max(0, now - item.event_kafka_ts))

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from streaming.job import StreamConfig
+from streaming.scoring import covered_events
 from streaming.state import newer
 from streaming.topics import TopicsConfig
 
@@ -101,7 +102,7 @@ class MonitorStats:
     """What the job has written so far, as a read_committed consumer sees it."""
 
     states: int = 0
-    scores: int = 0
+    scores: int = 0  # events answered by a scores record (a record may answer several events of one user)
     dead_letters: int = 0
     dead_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     latencies_ms: list[int] = field(default_factory=list)
@@ -174,8 +175,9 @@ class OutputMonitor:
             elif body["version"] < (seen or 0):
                 self.stats.version_regressions += 1
         else:
-            self.stats.scores += 1
-            self.stats.latencies_ms.append(max(0, now_ms - body["event_kafka_ts"]))
+            covered = covered_events(body)
+            self.stats.scores += len(covered)
+            self.stats.latencies_ms.extend(max(0, now_ms - ts) for _, ts in covered)
             previous = self.latest_scores.get(user)
             if previous is None or body["version"] >= previous["version"]:
                 self.latest_scores[user] = body

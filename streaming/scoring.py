@@ -46,6 +46,41 @@ def ranker_request(pending: list[PendingScore]) -> list[dict[str, Any]]:
              "inferred_items": list(p.state.inferred_items)} for p in pending]
 
 
+def coalesce(pending: list[PendingScore]) -> list[list[PendingScore]]:
+    """Group a batch's pending states by user, in first-seen order; the last of each group is the newest.
+
+    Only each user's newest state is scored: its scores supersede those of the user's earlier states
+    in the same batch, which nobody could have read yet (in transactional mode nothing of the batch
+    is visible before the next checkpoint anyway). Every event stays covered by exactly one record.
+    """
+    groups: dict[str, list[PendingScore]] = {}
+    for item in pending:
+        groups.setdefault(item.state.user_id, []).append(item)
+    return [sorted(group, key=lambda p: p.state.version) for group in groups.values()]
+
+
+def covered_events(record: dict[str, Any]) -> list[tuple[str, int]]:
+    """(event_id, event Kafka timestamp) of every event a scores record answers."""
+    if "covered" in record:
+        return [(event_id, ts) for event_id, ts in record["covered"]]
+    return [(record["event_id"], record["event_kafka_ts"])]
+
+
+def coalesced_score_records(groups: list[list[PendingScore]], response: dict[str, Any], topic: str,
+                            knowledge_version: str = "none",
+                            now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
+    """One scores record per user group (scored on its newest state), listing every event it covers."""
+    newest = [group[-1] for group in groups]
+    records = score_records(newest, response, topic, knowledge_version, now_ms)
+    out = []
+    for group, (rec_topic, key, value) in zip(groups, records, strict=True):
+        body = json.loads(value)
+        body["covered"] = [[p.event_id, p.event_kafka_ts] for p in group]
+        body["event_kafka_ts"] = min(p.event_kafka_ts for p in group)
+        out.append((rec_topic, key, json.dumps(body, separators=(",", ":")).encode()))
+    return out
+
+
 def score_records(pending: list[PendingScore], response: dict[str, Any], topic: str,
                   knowledge_version: str = "none", now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
     """One scores record per pending state, keyed by user, naming the model and knowledge versions."""

@@ -109,3 +109,19 @@ def test_pending_score_round_trip_keeps_what_scoring_needs():
     assert body["version"] == 2 and body["event_id"] == "e1" and body["event_kafka_ts"] == 1234
     assert body["items"] == ["9", "8"] and body["model_version"] == "v1" and body["emit_ts"] == 2000
     assert body["event_ts"] == 1001
+
+
+def test_coalescing_scores_each_users_newest_state_and_covers_every_event():
+    from streaming.scoring import PendingScore, coalesce, coalesced_score_records, covered_events
+
+    def pending(user: str, n: int) -> PendingScore:
+        return PendingScore(UserState(user_id=user, version=n, recent_items=(str(n),)), f"{user}-{n}", 100 + n)
+
+    batch = [pending("a", 1), pending("b", 1), pending("a", 2), pending("a", 3)]
+    groups = coalesce(batch)
+    assert [[p.event_id for p in g] for g in groups] == [["a-1", "a-2", "a-3"], ["b-1"]]
+    response = {"model_version": "v", "results": [{"items": ["x"], "scores": [1.0]}, {"items": ["y"], "scores": [0.5]}]}
+    records = [json.loads(v) for _, _, v in coalesced_score_records(groups, response, "t")]
+    assert [r["version"] for r in records] == [3, 1]
+    assert covered_events(records[0]) == [("a-1", 101), ("a-2", 102), ("a-3", 103)]
+    assert records[0]["event_kafka_ts"] == 101  # latency counted from the oldest event it answers

@@ -70,6 +70,21 @@ def test_micro_batcher_retries_failed_calls_and_fails_on_rejection():
         asyncio.run(run_rejected())
 
 
+def test_micro_batcher_deadline_fails_the_request_and_stops_retrying():
+    calls: list[int] = []
+
+    async def run():
+        batcher = MicroBatcher(_fake_ranker(calls, failures=10**6), batch_size=8, max_wait_s=0.01, backoff_s=0.01)
+        with pytest.raises(TimeoutError):
+            await batcher.score({"user_id": "1"}, timeout_s=0.1)
+        attempts = len(calls)
+        await asyncio.sleep(0.1)  # nobody waits any more: the batch is dropped, not retried
+        return batcher, attempts
+
+    batcher, attempts = asyncio.run(run())
+    assert attempts >= 2 and len(calls) <= attempts + 1 and batcher.in_flight == 0
+
+
 def test_async_timeout_fails_the_bundle_before_a_checkpoint():
     """PyFlink 2.3 completes a timed-out element with no output; the guard makes the bundle's end raise."""
     from pyflink.fn_execution.datastream.process.async_function.operation import AsyncOperation, ResultHandler
