@@ -8,7 +8,7 @@ and the last event id. Replayed events (same event_id) are recognised and leave 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from streaming.events import Event
 
@@ -31,7 +31,13 @@ class UserState:
     inferred_model_version: str = ""
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # explicit fields: dataclasses.asdict deep-copies and costs ~10% of the job's Python time
+        return json.dumps({
+            "user_id": self.user_id, "recent_items": self.recent_items, "counts": self.counts,
+            "version": self.version, "last_event_id": self.last_event_id, "last_event_ts": self.last_event_ts,
+            "recent_event_ids": self.recent_event_ids, "inferred_items": self.inferred_items,
+            "inferred_model_version": self.inferred_model_version,
+        }, separators=(",", ":")).encode()
 
     @staticmethod
     def from_json(raw: bytes | str) -> UserState:

@@ -84,9 +84,12 @@ def test_recent_items_are_bounded():
     assert state.recent_items == ("6", "7", "8", "9") and state.version == 10
 
 
-def test_state_json_round_trip():
+def test_state_json_round_trip_carries_every_field():
+    from dataclasses import fields
+
     state, _ = apply_event(None, _event(1))
     assert UserState.from_json(state.to_json()) == state
+    assert set(json.loads(state.to_json())) == {f.name for f in fields(UserState)}
 
 
 def test_consumers_keep_only_newer_versions():
