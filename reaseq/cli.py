@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = stream_cmds.add_parser("run", help="everything together: Kafka, Serve, the Flink job, a replay, "
                                  "live progress, a few users' recommendations")
     _add_stream_args(run)
-    run.add_argument("--rate", type=float, default=2000.0, help="replay rate in events/s (default 2000)")
+    run.add_argument("--rate", type=float, default=500.0, help="replay rate in events/s (default 500)")
     run.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     kafka = stream_cmds.add_parser("kafka", help="start the embedded Kafka with the topics; Ctrl-C stops it")
     kafka.add_argument("--partitions", type=int, default=4)
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help=demo_help, description=demo_help)
     _add_train_args(demo)
     demo.add_argument("--seeds", type=int, nargs="+", default=[1])
-    demo.add_argument("--rate", type=float, default=2000.0, help="replay rate of the streaming part (events/s)")
+    demo.add_argument("--rate", type=float, default=500.0, help="replay rate of the streaming part (events/s)")
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
     demo.add_argument("--mode", default="low-latency", choices=["low-latency", "transactional"])
     demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")

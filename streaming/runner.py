@@ -27,7 +27,7 @@ class PipelineOptions:
     """What to run: dataset events at a rate, in one of the two output modes."""
 
     artifact: str = "ml-100k"
-    rate: float = 2000.0
+    rate: float = 500.0
     limit: int | None = None
     mode: str = "low-latency"
     bootstrap_servers: str | None = None

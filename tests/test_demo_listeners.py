@@ -77,10 +77,9 @@ def test_demo_listens_on_loopback_only_and_exports_job_metrics(tmp_path, ml100k_
     import os
 
     from ranking.experiment import train_and_save
-    from ranking.train import TrainConfig
+    from tests.helpers import TINY_RANKER
 
-    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
-    artifact = train_and_save(ml100k_sequences, cfg, progress=False, root=tmp_path / "artifacts").artifact
+    artifact = train_and_save(ml100k_sequences, TINY_RANKER, progress=False, root=tmp_path / "artifacts").artifact
     metrics_port = free_port()
     opts = PipelineOptions(artifact=str(artifact.path), rate=150.0, limit=3000, work_dir=tmp_path / "work",
                            metrics_port=metrics_port, show_users=1)

@@ -15,12 +15,11 @@ def tiny_artifact(tmp_path_factory, ml100k_sequences):
     import os
 
     from ranking.experiment import train_and_save
-    from ranking.train import TrainConfig
+    from tests.helpers import TINY_RANKER
 
     root = tmp_path_factory.mktemp("artifacts")
     os.environ["REASEQ_ARTIFACTS_DIR"] = str(root)
-    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
-    run = train_and_save(ml100k_sequences, cfg, progress=False, root=root)
+    run = train_and_save(ml100k_sequences, TINY_RANKER, progress=False, root=root)
     yield run.artifact
     os.environ.pop("REASEQ_ARTIFACTS_DIR", None)
 

@@ -22,6 +22,7 @@ from streaming.job_async import MicroBatcher, surface_async_errors_at_bundle_end
 from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.topics import TopicsConfig, ensure_topics
+from tests.helpers import wait_for
 
 
 def _fake_ranker(calls: list[int], failures: int = 0):
@@ -115,37 +116,6 @@ def test_async_timeout_fails_the_bundle_before_a_checkpoint():
         op._wait_for_in_flight_inputs_finished()
 
 
-@pytest.fixture(scope="module")
-def kafka():
-    from streaming.kafka_broker import EmbeddedKafka
-
-    with EmbeddedKafka() as broker:
-        yield broker.bootstrap_servers
-
-
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory, ml100k_sequences):
-    from inference.serve.local import LocalServe
-    from ranking.experiment import train_and_save
-    from ranking.train import TrainConfig
-
-    root = tmp_path_factory.mktemp("artifacts")
-    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
-    artifact = train_and_save(ml100k_sequences, cfg, progress=False, root=root).artifact
-    with LocalServe(str(artifact.path)) as served:
-        yield served
-
-
-def _wait_for(predicate, job: JobProcess, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert job.running(), f"job exited while waiting for {what}:\n{job.log_tail()}"
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}:\n{job.log_tail()}")
-
-
 @pytest.mark.slow
 def test_async_io_job_scores_every_event_once_with_dead_letters(kafka, serve, ml100k, tmp_path):
     tag = uuid.uuid4().hex[:6]
@@ -173,7 +143,7 @@ def test_async_io_job_scores_every_event_once_with_dead_letters(kafka, serve, ml
         producer.flush()
         producer.close()
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
-        _wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
+        wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
                   job, 180, "all scores and dead letters")
         time.sleep(3)  # a later checkpoint must not add anything
     finally:

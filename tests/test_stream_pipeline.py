@@ -19,29 +19,9 @@ from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def kafka():
-    from streaming.kafka_broker import EmbeddedKafka
-
-    with EmbeddedKafka() as broker:
-        yield broker.bootstrap_servers
-
-
-@pytest.fixture(scope="module")
-def serve(tmp_path_factory, ml100k_sequences):
-    from inference.serve.local import LocalServe
-    from ranking.experiment import train_and_save
-    from ranking.train import TrainConfig
-
-    root = tmp_path_factory.mktemp("artifacts")
-    cfg = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
-    artifact = train_and_save(ml100k_sequences, cfg, progress=False, root=root).artifact
-    with LocalServe(str(artifact.path)) as served:
-        yield served
 
 
 def _topics() -> TopicsConfig:
@@ -54,16 +34,6 @@ def _config(kafka, serve, topics, tmp_path, ml100k, **overrides) -> StreamConfig
                         topics=topics, checkpoint_dir=str(tmp_path / "checkpoints"),
                         group_id=f"job-{topics.events}", transactional_id_prefix=f"tx-{topics.events}",
                         **overrides)
-
-
-def _wait_for(predicate, job: JobProcess, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert job.running(), f"job exited while waiting for {what}:\n{job.log_tail()}"
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}:\n{job.log_tail()}")
 
 
 def _check_exact_outputs(monitor: OutputMonitor, events: list[Event]) -> None:
@@ -119,7 +89,7 @@ def test_events_to_states_and_scores_with_dead_letters(kafka, serve, ml100k, tmp
         producer.flush()
         producer.close()
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
-        _wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
+        wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
                   job, 240, "all scores and dead letters")
         time.sleep(3)  # a later checkpoint must not add anything
     finally:
@@ -144,7 +114,7 @@ def test_killed_job_restores_from_checkpoint_exactly_once(kafka, serve, ml100k, 
     job = JobProcess(cfg, tmp_path / "first").start()
     try:
         replay(events[:1500], kafka, topics.events, ReplayConfig(rate=None))
-        _wait_for(lambda: monitor.snapshot().scores >= 300 and latest_checkpoint(cfg.checkpoint_dir) is not None,
+        wait_for(lambda: monitor.snapshot().scores >= 300 and latest_checkpoint(cfg.checkpoint_dir) is not None,
                   job, 240, "first checkpointed outputs")
         replay(events[1500:2000], kafka, topics.events, ReplayConfig(rate=None))
         job.kill()  # SIGKILL mid-stream: no clean cancel, no final checkpoint
@@ -153,7 +123,7 @@ def test_killed_job_restores_from_checkpoint_exactly_once(kafka, serve, ml100k, 
         replay(events[2000:], kafka, topics.events, ReplayConfig(rate=None))
         cfg.restore_from = str(checkpoint)
         job = JobProcess(cfg, tmp_path / "second").start()
-        _wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after restore")
+        wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after restore")
         time.sleep(3)
     finally:
         job.stop()
@@ -174,11 +144,11 @@ def test_killed_serve_replica_loses_nothing(kafka, serve, ml100k, tmp_path):
     job = JobProcess(cfg, tmp_path).start()
     try:
         replay(events[:800], kafka, topics.events, ReplayConfig(rate=None))
-        _wait_for(lambda: monitor.snapshot().scores >= 100, job, 240, "first scores")
+        wait_for(lambda: monitor.snapshot().scores >= 100, job, 240, "first scores")
         replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Ranker" in a["name"]]
         ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
         replay(events[800:], kafka, topics.events, ReplayConfig(rate=None))
-        _wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after the replica kill")
+        wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after the replica kill")
         time.sleep(2)
     finally:
         job.stop()

@@ -1,0 +1,23 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from ranking.train import TrainConfig
+from streaming.pipeline import JobProcess
+
+# A ranker that trains in seconds: the integration tests need a real artifact, not a good one.
+TINY_RANKER = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
+
+
+def wait_for(predicate: Callable[[], bool], job: JobProcess, timeout: float, what: str) -> None:
+    """Poll until `predicate` holds; fail with the job's log if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert job.running(), f"job exited while waiting for {what}:\n{job.log_tail()}"
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}:\n{job.log_tail()}")
