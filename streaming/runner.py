@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming.job import StreamConfig
-from streaming.pipeline import JobProcess, MonitorStats, OutputMonitor, consumer_lag
+from streaming.pipeline import JobProcess, MonitorStats, OutputMonitor, consumer_lag, latest_checkpoint
 from streaming.topics import TopicsConfig, ensure_topics
 
 
@@ -85,6 +85,15 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
             print(f"Kafka {bootstrap} | Serve {served.url} | job log {job.log_path}", file=out, flush=True)
             if opts.metrics_port:
                 print(f"Flink metrics (Prometheus): http://127.0.0.1:{opts.metrics_port}/metrics", file=out, flush=True)
+            # replay once the job's tasks run (Flink checkpoints as soon as they start): start-up time
+            # would otherwise show up as event→score latency
+            ready_by = time.monotonic() + opts.settle_timeout_s
+            while latest_checkpoint(cfg.checkpoint_dir) is None and time.monotonic() < ready_by:
+                if not job.running():
+                    raise RuntimeError(f"the Flink job exited early:\n{job.log_tail()}")
+                time.sleep(0.5)
+            print(f"job running after {time.monotonic() - started:.0f} s; replaying {len(events):,} events",
+                  file=out, flush=True)
             sent = [0]
             producer = threading.Thread(
                 target=lambda: sent.__setitem__(0, replay(events, bootstrap, topics.events,
