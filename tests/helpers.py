@@ -21,3 +21,14 @@ def wait_for(predicate: Callable[[], bool], job: JobProcess, timeout: float, wha
         assert job.running(), f"job exited while waiting for {what}:\n{job.log_tail()}"
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}:\n{job.log_tail()}")
+
+
+def send_raw(bootstrap_servers: str, topic: str, values: list[bytes]) -> None:
+    """Produce raw (possibly malformed) values, keyed bad-0, bad-1, … in order."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    for n, value in enumerate(values):
+        producer.send(topic, key=f"bad-{n}".encode(), value=value)
+    producer.flush()
+    producer.close()

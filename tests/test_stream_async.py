@@ -22,7 +22,7 @@ from streaming.job_async import MicroBatcher, surface_async_errors_at_bundle_end
 from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import wait_for
+from tests.helpers import send_raw, wait_for
 
 
 def _fake_ranker(calls: list[int], failures: int = 0):
@@ -135,13 +135,7 @@ def test_async_io_job_scores_every_event_once_with_dead_letters(kafka, serve, ml
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
     job = JobProcess(cfg, tmp_path).start()
     try:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
-        for n, value in enumerate(bad.values()):
-            producer.send(topics.events, key=f"bad-{n}".encode(), value=value)
-        producer.flush()
-        producer.close()
+        send_raw(kafka, topics.events, list(bad.values()))
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
         wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
                   job, 180, "all scores and dead letters")

@@ -19,7 +19,7 @@ from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import wait_for
+from tests.helpers import send_raw, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -81,13 +81,7 @@ def test_events_to_states_and_scores_with_dead_letters(kafka, serve, ml100k, tmp
     job = JobProcess(_config(kafka, serve, topics, tmp_path, ml100k, mode="transactional",
                              checkpoint_interval_ms=1000), tmp_path).start()
     try:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
-        for n, value in enumerate(bad.values()):
-            producer.send(topics.events, key=f"bad-{n}".encode(), value=value)
-        producer.flush()
-        producer.close()
+        send_raw(kafka, topics.events, list(bad.values()))
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
         wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
                   job, 240, "all scores and dead letters")
