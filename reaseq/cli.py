@@ -249,7 +249,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     artifact = load_artifact(Path(result["ranker_runs"][0]["artifact"]))
     print(f"\nranker artifact: {artifact.path}")
-    print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of()))
+    print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of(), artifact.version))
     if not args.no_stream:
         from inference.serve.local import free_port
         from streaming.runner import PipelineOptions, run_pipeline
@@ -314,23 +314,19 @@ def _wait_forever() -> None:
         time.sleep(3600)
 
 
-def _sample_recommendations(model, data, titles: dict[str, str], users: int = 3, k: int = 5) -> str:
-    import torch
+def _sample_recommendations(model, data, titles: dict[str, str], version: str, users: int = 3, k: int = 5) -> str:
+    from inference.serve.scoring import LoadedRanker, score_users
 
-    from ranking.model import left_pad
-
+    ranker = LoadedRanker(model, data.item_ids, data.item_index(), version, str(next(model.parameters()).device))
+    histories = [data.sequences[user][:-1] for user in range(users)]
+    name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
+    results = score_users(ranker, [{"user_id": data.user_ids[u], "recent_items": [data.item_ids[i - 1] for i in h]}
+                                   for u, h in enumerate(histories)], top_k=k)
     lines = []
-    for user in range(users):
-        history = data.sequences[user][:-1]
-        with torch.no_grad():
-            scores = model.score_last(left_pad([history], model.cfg.max_len).to(next(model.parameters()).device))[0]
-        scores[0] = -torch.inf
-        scores[torch.as_tensor(history)] = -torch.inf
-        top = torch.topk(scores, k).indices.tolist()
-        name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
+    for user, (history, result) in enumerate(zip(histories, results, strict=True)):
         lines.append(f"user {data.user_ids[user]}: last watched {', '.join(name(i) for i in history[-3:])}")
         lines.append(f"   held-out next: {name(data.test_target(user))}")
-        lines.append(f"   recommended:   {'; '.join(name(i) for i in top)}")
+        lines.append(f"   recommended:   {'; '.join(titles[item] for item in result['items'])}")
     return "\n".join(lines)
 
 

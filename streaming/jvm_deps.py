@@ -63,9 +63,10 @@ class JvmJars:
 
 
 def default_cache_dir() -> Path:
-    """``$REASEQ_CACHE_DIR``, else ``~/.cache/reaseq``."""
-    env = os.environ.get("REASEQ_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "reaseq"
+    """The project's cache root (``$REASEQ_CACHE_DIR``, else ``~/.cache/reaseq``), shared with the datasets."""
+    from ranking.paths import cache_dir
+
+    return cache_dir()
 
 
 def require_java() -> str:
@@ -127,18 +128,20 @@ def _read_marker(root: Path) -> JvmJars | None:
     return jars
 
 
+def _run_maven(cmd: list[str], failure: str) -> None:
+    """Run Maven; on failure raise JvmSetupError with `failure`, the command and Maven's last lines."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
+        raise JvmSetupError(f"{failure}\n$ {' '.join(cmd)}\n{tail}")
+
+
 def _copy_dependencies(mvn: str, pom: Path, group: str, out: Path) -> None:
     cmd = [
         mvn, "-B", "-q", "-f", str(pom), "-P", group,
         "dependency:copy-dependencies", f"-DoutputDirectory={out}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise JvmSetupError(
-            f"Maven could not resolve the {group!r} jars of {pom} (is Maven Central reachable?)."
-            f"\n$ {' '.join(cmd)}\n{tail}"
-        )
+    _run_maven(cmd, f"Maven could not resolve the {group!r} jars of {pom} (is Maven Central reachable?).")
     if not any(out.glob("*.jar")):
         raise JvmSetupError(f"Maven copied no jars for the {group!r} profile of {pom}.")
 
@@ -162,13 +165,8 @@ def _build_glue(mvn: str, glue: Path, root: Path) -> Path:
         mvn, "-B", "-q", "-f", str(glue / "pom.xml"), "package", "-DskipTests",
         f"-Dglue.build.directory={build}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise JvmSetupError(
-            f"Maven could not build the glue jar from {glue} (is Maven Central reachable for its first build?)."
-            f"\n$ {' '.join(cmd)}\n{tail}"
-        )
+    _run_maven(cmd, f"Maven could not build the glue jar from {glue} "
+                    "(is Maven Central reachable for its first build?).")
     built = sorted(build.glob(f"{GLUE_JAR_PREFIX}*.jar"))
     if len(built) != 1:
         raise JvmSetupError(f"Maven built {len(built)} glue jars in {build}, expected one.")
