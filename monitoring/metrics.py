@@ -20,6 +20,10 @@ INFERENCE_ERRORS = "reaseq_inference_errors"
 EVENT_TO_SCORE_MS = "reaseq_event_to_score_ms"
 PENDING_SCORES = "reaseq_pending_scores"
 LLM_CALLS = "reaseq_llm_calls"  # the stream never calls an LLM: stays 0
+BEHAVIOR_REFRESHES = "reaseq_behavior_refreshes"  # users whose inferred behaviours were refreshed
+BEHAVIOR_REFRESH_ERRORS = "reaseq_behavior_refresh_errors"
+BEHAVIOR_REFRESH_LATENCY_MS = "reaseq_behavior_refresh_latency_ms"
+BEHAVIOR_STALENESS_EVENTS = "reaseq_behavior_staleness_events"  # events since the cached inference, at score time
 
 # Ray Serve Ranker (inference/serve/ranker_app.py)
 RANKER_BATCHES = "reaseq_ranker_batches"
@@ -27,6 +31,13 @@ RANKER_USERS_SCORED = "reaseq_ranker_users_scored"
 RANKER_BATCH_REQUESTS = "reaseq_ranker_batch_requests"
 RANKER_BATCH_SECONDS = "reaseq_ranker_batch_seconds"
 
+# Ray Serve BehaviorReasoner (inference/behavior/serve_app.py)
+BEHAVIOR_BATCHES = "reaseq_behavior_batches"
+BEHAVIOR_USERS_INFERRED = "reaseq_behavior_users_inferred"
+BEHAVIOR_BATCH_SECONDS = "reaseq_behavior_batch_seconds"
+
 JOB_METRICS = (EVENTS_IN, EVENTS_DUPLICATE, STATES_OUT, SCORES_OUT, SCORE_BATCHES, SCORE_BATCH_SIZE,
-               INFERENCE_LATENCY_MS, INFERENCE_ERRORS, EVENT_TO_SCORE_MS, PENDING_SCORES, LLM_CALLS)
-SERVE_METRICS = (RANKER_BATCHES, RANKER_USERS_SCORED, RANKER_BATCH_REQUESTS, RANKER_BATCH_SECONDS)
+               INFERENCE_LATENCY_MS, INFERENCE_ERRORS, EVENT_TO_SCORE_MS, PENDING_SCORES, LLM_CALLS,
+               BEHAVIOR_REFRESHES, BEHAVIOR_REFRESH_ERRORS, BEHAVIOR_REFRESH_LATENCY_MS, BEHAVIOR_STALENESS_EVENTS)
+SERVE_METRICS = (RANKER_BATCHES, RANKER_USERS_SCORED, RANKER_BATCH_REQUESTS, RANKER_BATCH_SECONDS,
+                 BEHAVIOR_BATCHES, BEHAVIOR_USERS_INFERRED, BEHAVIOR_BATCH_SECONDS)
