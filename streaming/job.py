@@ -73,6 +73,8 @@ class StreamConfig:
     async_timeout_ms: int = 60_000
     async_capacity: int = 256
     extra_flink_config: dict[str, str] = field(default_factory=dict)
+    # extra Kafka client settings for the source and the sink (e.g. TLS: security.protocol, ssl.*)
+    kafka_properties: dict[str, str] = field(default_factory=dict)
     # Flink's Prometheus reporter (job + Kafka connector metrics); None = off. It has no host option
     # and listens on all interfaces.
     metrics_port: int | None = None
@@ -137,7 +139,7 @@ def parse_events(env, cfg: StreamConfig, key_of: Callable[[Event], Any]):
             yield key_of(result), result, int(value[4])
 
     source = raw_kafka_source(cfg.bootstrap_servers, topics.events, cfg.group_id, cfg.starting_offsets,
-                              cfg.stopping_offsets)
+                              cfg.stopping_offsets, properties=cfg.kafka_properties)
     raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "events", type_info=RAW_TYPE)
     parsed = raw.process(Parse(), output_type=Types.PICKLED_BYTE_ARRAY()).name("parse")
     return parsed, dead_tag
@@ -148,7 +150,7 @@ def sink_outputs(outputs, cfg: StreamConfig) -> None:
     from streaming.kafka_io import keyed_kafka_sink
 
     sink = keyed_kafka_sink(cfg.bootstrap_servers, exactly_once=cfg.mode == "transactional",
-                            transactional_id_prefix=cfg.transactional_id_prefix)
+                            transactional_id_prefix=cfg.transactional_id_prefix, properties=cfg.kafka_properties)
     outputs.sink_to(sink).name("outputs")
 
 
