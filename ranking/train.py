@@ -101,8 +101,12 @@ def _autocast(device: str):
 
 def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarray] | None = None,
                  side_embeddings: torch.Tensor | None = None, users: Sequence[int] | None = None,
-                 progress: bool = True) -> TrainResult:
-    """Train on each user's training items; keep the epoch with the best validation NDCG@10."""
+                 progress: bool = True, valid_extra: dict[int, np.ndarray] | None = None) -> TrainResult:
+    """Train on each user's training items; keep the epoch with the best validation NDCG@10.
+
+    `extra` is each user's extra sequence while training; `valid_extra` the one used for validation
+    (default: the same), e.g. behaviours inferred from a longer history.
+    """
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model_cfg = RankerConfig(num_items=data.num_items, **cfg.model)
@@ -142,7 +146,8 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
             count += len(idx)
         row = {"epoch": epoch, "loss": total / count}
         if epoch % cfg.eval_every == 0:
-            valid = evaluate(data, model_scorer(model, device, extra), "valid", users)
+            valid = evaluate(data, model_scorer(model, device, extra if valid_extra is None else valid_extra),
+                             "valid", users)
             row.update({"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]})
             if valid["NDCG@10"] > best_score:
                 best_score, best_epoch, best_valid = valid["NDCG@10"], epoch, valid

@@ -62,6 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(ranker)
     ranker.add_argument("--seed", type=int, default=None, help="random seed (default from config: 42)")
 
+    behavior = train_cmds.add_parser("behavior", help="masked-diffusion behaviour model (infers behaviours "
+                                     "beyond the log); artifact under ./artifacts/behavior")
+    _add_data_args(behavior)
+    _add_behavior_args(behavior)
+
+    infer = commands.add_parser("infer", help="run a trained model on given users")
+    infer_cmds = infer.add_subparsers(dest="model", required=True, metavar="MODEL")
+    infer_behavior = infer_cmds.add_parser(
+        "behavior", help="a user's history and the behaviours the diffusion model infers beyond it, with titles")
+    _add_data_args(infer_behavior)
+    infer_behavior.add_argument("--user", action="append", required=True, help="user id (repeatable)")
+    infer_behavior.add_argument("--artifact", default=None, help="behaviour artifact (default: latest of the dataset)")
+    infer_behavior.add_argument("--slots", type=int, default=None, help="K behaviours to infer (default: config)")
+    infer_behavior.add_argument("--steps", type=int, default=None, help="S denoising steps (default: config)")
+    infer_behavior.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: config)")
+    infer_behavior.add_argument("--seed", type=int, default=None, help="sampling seed (default: config)")
+    infer_behavior.add_argument("--device", default="auto")
+
     evaluate = commands.add_parser("evaluate", help="evaluate a ranker artifact under the protocol")
     _add_data_args(evaluate)
     evaluate.add_argument("--artifact", default=None,
@@ -78,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(quality)
     quality.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     quality.add_argument("--out", default="bench/results", help="folder for the JSON result")
+
+    bench_behavior = bench_cmds.add_parser(
+        "behavior", help="implicit path: ranker with vs without inferred behaviours (median of seeds, overall and "
+                         "sparse users), the beyond-log recovery test, sampler speed; JSON to bench/results/")
+    _add_data_args(bench_behavior)
+    _add_train_args(bench_behavior)
+    bench_behavior.add_argument("--part", nargs="+", default=["ablation", "beyond-log", "speed"],
+                                choices=["ablation", "beyond-log", "speed"])
+    bench_behavior.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    bench_behavior.add_argument("--behavior-config", default=None, help="behaviour YAML (default: "
+                                "inference/behavior/configs/behavior-<dataset>.yaml)")
+    bench_behavior.add_argument("--knowledge-init", action="store_true",
+                                help="ablation: start item tokens from the knowledge embeddings")
+    bench_behavior.add_argument("--genres", nargs="+", default=["Sci-Fi", "Horror"],
+                                help="beyond-log: the catalogue slice removed from the test users")
+    bench_behavior.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128, 1024])
+    bench_behavior.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
+    bench_behavior.add_argument("--speed-dim", type=int, default=None, help="speed: model width (default: config)")
+    bench_behavior.add_argument("--repeats", type=int, default=5)
+    bench_behavior.add_argument("--out", default="bench/results", help="folder for the JSON results")
 
     stream = commands.add_parser("stream", help="the streaming pipeline: Kafka → PyFlink → Ray Serve → Kafka")
     stream_cmds = stream.add_subparsers(dest="stream_command", required=True, metavar="PART")
@@ -121,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_behavior_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML with model/train/sampling sections "
+                        "(default: inference/behavior/configs/behavior-<dataset>.yaml)")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--max-seconds", type=float, default=None, help="time budget of the training run")
+    parser.add_argument("--knowledge-init", action=argparse.BooleanOptionalAction, default=None,
+                        help="start item tokens from the latest knowledge embeddings (default: config)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def _add_stream_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", default=None,
                         help="your Kafka (host:port,…); default: start an embedded one on 127.0.0.1")
@@ -140,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranking.config import ConfigError
     from ranking.data import DatasetError
 
-    handlers = {"data": _data, "train": _train, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
+    handlers = {"data": _data, "train": _train, "infer": _infer, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
                 "stream": _stream}
     try:
         return handlers[args.command](args)
@@ -187,12 +237,57 @@ def _train_config(args: argparse.Namespace, dataset: str):
 def _train(args: argparse.Namespace) -> int:
     from ranking.experiment import load_sequences, train_and_save
 
+    if args.model == "behavior":
+        return _train_behavior(args)
     cfg = _train_config(args, args.dataset)
     data = load_sequences(args.dataset, args.data_dir)
     run = train_and_save(data, cfg, progress=not args.quiet)
     print(f"saved {run.artifact.path} (best epoch {run.artifact.metrics['best_epoch']})")
     print(_metrics_line("valid", run.valid))
     print(_metrics_line("test", run.test))
+    return 0
+
+
+def _train_behavior(args: argparse.Namespace) -> int:
+    from bench.behavior import knowledge_matrix
+    from inference.behavior.train import load_behavior_config, save_behavior, train_behavior
+    from ranking.experiment import dataset_record, load_sequences
+
+    cfg = load_behavior_config(args.config, args.dataset, epochs=args.epochs, seed=args.seed, device=args.device,
+                               max_seconds=args.max_seconds, knowledge_init=args.knowledge_init)
+    data = load_sequences(args.dataset, args.data_dir)
+    knowledge, version = knowledge_matrix(data) if cfg.knowledge_init else (None, None)
+    result = train_behavior(data, cfg, knowledge, progress=not args.quiet)
+    artifact = save_behavior(result, cfg, dataset_record(data), version)
+    print(f"saved {artifact.path} (best epoch {result.best_epoch}, held-out recall@{result.model_config.slots} "
+          f"{result.valid_recall:.4f}, knowledge {version or 'off'})")
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from inference.behavior.reasoner import BehaviorReasoner
+    from ranking.data import load_dataset
+
+    dataset = load_dataset(args.dataset, args.data_dir)
+    reasoner = BehaviorReasoner.load(args.artifact or args.dataset, args.device)
+    titles = dataset.title_of()
+    histories = dataset.interactions.sort_values("timestamp", kind="stable").groupby("user_id").item_id.agg(list)
+    missing = [u for u in args.user if u not in histories.index]
+    if missing:
+        raise ValueError(f"unknown user id(s) {missing} in {args.dataset} (ids look like {histories.index[0]!r})")
+    sampling = reasoner.sampling_with(slots=args.slots, steps=args.steps, temperature=args.temperature,
+                                      seed=args.seed)
+    results = reasoner.infer([{"user_id": u, "recent_items": histories[u]} for u in args.user], sampling)
+    print(f"behaviour model {reasoner.version}: K={sampling.slots}, S={sampling.steps}, "
+          f"temperature {sampling.temperature}, seed {sampling.seed}")
+    for user, result in zip(args.user, results, strict=True):
+        history = histories[user]
+        print(f"\nuser {user}: {len(history)} items in the log; latest:")
+        for item in history[-8:]:
+            print(f"   {titles.get(item, item)}")
+        print("inferred beyond the log (confidence):")
+        for item, confidence in zip(result["items"], result["confidence"], strict=True):
+            print(f"   {titles.get(item, item)}  ({confidence:.3f})")
     return 0
 
 
@@ -209,6 +304,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "behavior":
+        return _bench_behavior(args)
     if args.bench == "stream":
         from bench.stream import main_from_args
 
@@ -223,6 +320,44 @@ def _bench(args: argparse.Namespace) -> int:
     print(markdown_table(result))
     print(f"\nmachine: {result['machine']}; wall time {result['wall_seconds']:.0f} s; "
           f"JSON: {write_result(result, Path(args.out))}")
+    return 0
+
+
+def _bench_behavior(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench import behavior as bench
+    from inference.behavior.model import BehaviorConfig
+    from inference.behavior.train import load_behavior_config
+    from ranking.data import load_dataset
+    from ranking.experiment import dataset_record
+    from ranking.splits import build_sequences
+
+    command = "reaseq " + " ".join(sys.argv[1:])
+    ranker_cfg = _train_config(args, args.dataset)
+    behavior_cfg = load_behavior_config(args.behavior_config, args.dataset, device=args.device,
+                                        knowledge_init=args.knowledge_init or None)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    data = build_sequences(dataset)
+    record = {"dataset": dataset_record(data), "command": command}
+    if "ablation" in args.part:
+        result = bench.run_ablation(data, ranker_cfg, behavior_cfg, args.seeds, progress=not args.quiet)
+        path = bench.write_result({**record, **result}, args.out, f"behavior-ablation-{args.dataset}.json")
+        print(bench.ablation_table(result) + f"\n({result['sparse_users']} sparse users; JSON: {path})\n")
+    if "beyond-log" in args.part:
+        genres = dict(zip(dataset.items.item_id, dataset.items.genres, strict=True))
+        result = bench.run_beyond_log(data, genres, ranker_cfg, behavior_cfg, args.genres, progress=not args.quiet)
+        path = bench.write_result({**record, **result}, args.out, f"behavior-beyond-log-{args.dataset}.json")
+        print(bench.beyond_log_table(result) + f"\n({result['test_users']} test users, slice {args.genres}: "
+              f"{result['slice_items']} items; JSON: {path})\n")
+    if "speed" in args.part:
+        model_cfg = BehaviorConfig(num_items=data.num_items, **behavior_cfg.model)
+        if args.speed_dim:
+            model_cfg = replace(model_cfg, dim=args.speed_dim)
+        device = bench.default_device() if behavior_cfg.device == "auto" else behavior_cfg.device
+        result = bench.run_speed(model_cfg, args.batches, args.steps, model_cfg.max_history, args.repeats, device)
+        path = bench.write_result({**record, **result}, args.out, f"behavior-speed-{device.split(':')[0]}.json")
+        print(bench.speed_table(result) + f"\n(JSON: {path})")
     return 0
 
 

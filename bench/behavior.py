@@ -1,0 +1,310 @@
+"""`reaseq bench behavior`: the implicit path measured three ways.
+
+- ablation: the same ranker backbone with and without inferred behaviours as an extra sequence,
+  same seeds, median of seeds; overall and for sparse users (<= 20 training interactions);
+- beyond-log: a slice of the catalogue (all items of some genres) is removed from a group of test
+  users' sequences, as if they watched it elsewhere; how many of the removed items do the inferred
+  behaviours recover, against popularity within the slice and the ranker's own next-item top-K,
+  with and without knowledge-initialised item tokens;
+- speed: users/s and latency of the cached and the reference sampler for several batch sizes and
+  step counts, and one full forward of a plain PyTorch bidirectional transformer of the same shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
+from inference.behavior.sampling import SamplingConfig, sample_cached, sample_reference
+from inference.behavior.train import BehaviorTrainConfig, infer_items, inferred_extras, train_behavior
+from ranking.evaluate import evaluate
+from ranking.experiment import machine_description
+from ranking.splits import SequenceData
+from ranking.train import TrainConfig, model_scorer, pick_device, train_ranker
+
+log = logging.getLogger(__name__)
+SPARSE_MAX_TRAIN = 20
+METRICS = ("HR@10", "NDCG@10")
+
+
+def sparse_users(data: SequenceData, max_train: int = SPARSE_MAX_TRAIN) -> list[int]:
+    """Users with at most `max_train` training interactions."""
+    return [u for u in range(len(data.sequences)) if len(data.train(u)) <= max_train]
+
+
+def knowledge_matrix(data: SequenceData) -> tuple[torch.Tensor | None, str | None]:
+    """(N+1, k) knowledge vectors (row 0 zero) from the latest knowledge-embeddings artifact, if any."""
+    try:
+        from inference.knowledge.embeddings import load_item_embeddings
+    except ImportError:
+        return None, None
+    try:
+        vectors, version = load_item_embeddings(data.dataset, data.item_ids)
+    except (FileNotFoundError, ValueError) as error:
+        log.warning("no knowledge embeddings: %s", error)
+        return None, None
+    table = torch.zeros(data.num_items + 1, vectors.shape[1])
+    table[1:] = torch.as_tensor(vectors, dtype=torch.float32)
+    return table, version
+
+
+def run_ablation(data: SequenceData, ranker_cfg: TrainConfig, behavior_cfg: BehaviorTrainConfig, seeds: list[int],
+                 progress: bool = True) -> dict[str, Any]:
+    """Ranker with vs without inferred behaviours (one behaviour model, the ranker per seed)."""
+    started = time.time()
+    knowledge, knowledge_version = knowledge_matrix(data) if behavior_cfg.knowledge_init else (None, None)
+    behavior = train_behavior(data, behavior_cfg, knowledge, progress=progress)
+    sampling = SamplingConfig(**behavior_cfg.sampling)
+    extras = inferred_extras(behavior.model, data, behavior_cfg.holdout, sampling, behavior.device)
+    sparse = sparse_users(data)
+    runs = []
+    for seed in seeds:
+        for variant in ("without", "with"):
+            cfg = replace(ranker_cfg, seed=seed)
+            extra = valid_extra = test_extra = None
+            if variant == "with":
+                cfg = replace(cfg, model={**cfg.model, "extra_len": sampling.slots})
+                extra, valid_extra, test_extra = extras["train"], extras["valid"], extras["test"]
+            result = train_ranker(data, cfg, extra=extra, valid_extra=valid_extra, progress=progress)
+            scorer = model_scorer(result.model, result.device, test_extra)
+            runs.append({"seed": seed, "variant": variant, "best_epoch": result.best_epoch,
+                         "overall": evaluate(data, scorer, "test"), "sparse": evaluate(data, scorer, "test", sparse),
+                         "train_seconds": round(result.seconds, 1)})
+    medians = {variant: {group: {m: statistics.median(r[group][m] for r in runs if r["variant"] == variant)
+                                 for m in METRICS} for group in ("overall", "sparse")}
+               for variant in ("without", "with")}
+    gains = {group: {m: relative_gain(medians["without"][group][m], medians["with"][group][m]) for m in METRICS}
+             for group in ("overall", "sparse")}
+    return {"behavior": {"holdout_recall": behavior.valid_recall, "best_epoch": behavior.best_epoch,
+                         "train_seconds": round(behavior.seconds, 1), "knowledge_version": knowledge_version,
+                         "config": behavior_cfg.to_dict()},
+            "ranker_config": ranker_cfg.to_dict(), "seeds": seeds, "sparse_users": len(sparse),
+            "runs": runs, "median": medians, "gain": gains, "wall_seconds": round(time.time() - started, 1)}
+
+
+def relative_gain(before: float, after: float) -> float:
+    """(after - before) / before, 0 when before is 0."""
+    return (after - before) / before if before else 0.0
+
+
+def slice_items(data: SequenceData, genres: list[str], items_genres: dict[str, list[str]]) -> set[int]:
+    """Item indices whose genres meet `genres`."""
+    wanted = set(genres)
+    return {i + 1 for i, item in enumerate(data.item_ids) if wanted & set(items_genres.get(item, ()))}
+
+
+def beyond_log_split(data: SequenceData, removed_slice: set[int], test_share: float, seed: int,
+                     min_removed: int = 3, min_kept: int = 5) -> tuple[SequenceData, dict[int, np.ndarray]]:
+    """Pick test users (with enough items in and out of the slice) and drop the slice from their sequences.
+
+    Returns the modified data and, per test user, the removed items."""
+    rng = np.random.default_rng(seed)
+    eligible = [u for u, seq in enumerate(data.sequences)
+                if sum(int(i) in removed_slice for i in seq) >= min_removed
+                and sum(int(i) not in removed_slice for i in seq) >= min_kept]
+    chosen = sorted(rng.choice(eligible, size=int(len(eligible) * test_share), replace=False).tolist())
+    sequences = list(data.sequences)
+    removed = {}
+    for u in chosen:
+        seq = data.sequences[u]
+        in_slice = np.isin(seq, list(removed_slice))
+        removed[u] = seq[in_slice]
+        sequences[u] = seq[~in_slice]
+    return replace(data, sequences=sequences), removed
+
+
+def recall_at_k(predicted: list[int], removed: np.ndarray) -> float:
+    """Hits among the removed items over min(K, removed), so a perfect K-list scores 1."""
+    truth = set(removed.tolist())
+    return len(truth & set(predicted)) / min(len(truth), len(predicted))
+
+
+def run_beyond_log(data: SequenceData, items_genres: dict[str, list[str]], ranker_cfg: TrainConfig,
+                   behavior_cfg: BehaviorTrainConfig, genres: list[str], test_share: float = 0.3, seed: int = 1,
+                   progress: bool = True) -> dict[str, Any]:
+    """Recall of removed slice items: inferred behaviours vs popularity in the slice vs the ranker's top-K."""
+    started = time.time()
+    the_slice = slice_items(data, genres, items_genres)
+    modified, removed = beyond_log_split(data, the_slice, test_share, seed)
+    users = sorted(removed)
+    k = SamplingConfig(**behavior_cfg.sampling).slots
+    histories = [modified.sequences[u] for u in users]
+    everyone = {u: seq for u, seq in enumerate(modified.sequences)}
+    in_slice = torch.zeros(data.num_items + 1, dtype=torch.bool)
+    in_slice[list(the_slice)] = True
+    outside = ~in_slice
+
+    counts = np.bincount(np.concatenate(modified.sequences), minlength=data.num_items + 1).astype(float)
+    counts[0] = -1
+
+    def popularity_in_slice(history: np.ndarray) -> list[int]:
+        scores = np.where(in_slice.numpy(), counts, -1.0)
+        scores[history] = -1
+        return np.argsort(-scores, kind="stable")[:k].tolist()
+
+    methods: dict[str, list[list[int]]] = {"popularity_in_slice": [popularity_in_slice(h) for h in histories]}
+    ranker = train_ranker(modified, replace(ranker_cfg, seed=seed), progress=progress)
+    scorer = model_scorer(ranker.model, ranker.device)
+    with torch.no_grad():
+        scores = scorer([h for h in histories], users).float().cpu()
+    scores[:, 0] = -torch.inf
+    for row, h in enumerate(histories):
+        scores[row, torch.as_tensor(h)] = -torch.inf
+    methods["ranker_top_k"] = scores.topk(k, 1).indices.tolist()
+    methods["ranker_top_k_in_slice"] = scores.masked_fill(outside[None], -torch.inf).topk(k, 1).indices.tolist()
+
+    knowledge, knowledge_version = knowledge_matrix(data)
+    variants = [("ids_only", False)] + ([("knowledge_init", True)] if knowledge is not None else [])
+    behavior_runs = {}
+    for name, use_knowledge in variants:
+        cfg = replace(behavior_cfg, knowledge_init=use_knowledge, seed=seed)
+        result = train_behavior(modified, cfg, knowledge if use_knowledge else None, sequences=everyone,
+                                progress=progress)
+        sampling = SamplingConfig(**cfg.sampling)
+        methods[f"diffusion_{name}"] = infer_items(result.model, histories, sampling, result.device)
+        sliced = SliceOnly(result.model, outside)
+        methods[f"diffusion_{name}_in_slice"] = infer_items(sliced, histories, sampling, result.device)
+        behavior_runs[name] = {"holdout_recall": result.valid_recall, "train_seconds": round(result.seconds, 1)}
+    recall = {name: float(np.mean([recall_at_k(p, removed[u]) for p, u in zip(preds, users, strict=True)]))
+              for name, preds in methods.items()}
+    return {"genres": genres, "slice_items": len(the_slice), "test_users": len(users),
+            "removed_per_user_median": float(np.median([len(removed[u]) for u in users])), "k": k,
+            "recall_at_k": recall, "behavior_runs": behavior_runs, "knowledge_version": knowledge_version,
+            "wall_seconds": round(time.time() - started, 1)}
+
+
+class SliceOnly(torch.nn.Module):
+    """A behaviour model whose inferences are restricted to a slice (items outside it are excluded)."""
+
+    def __init__(self, model: DiffusionBehaviorModel, outside: torch.Tensor) -> None:
+        super().__init__()
+        self.inner = model
+        self.cfg = model.cfg
+        self.outside = outside
+
+    def encode_history(self, history: torch.Tensor):
+        return self.inner.encode_history(history)
+
+    def slot_logits(self, cache, slots: torch.Tensor) -> torch.Tensor:
+        logits = self.inner.slot_logits(cache, slots)
+        return logits.masked_fill(self.outside.to(logits.device)[None, None], float("-inf"))
+
+
+def timed(fn, repeats: int) -> list[float]:
+    """Wall seconds of each of `repeats` calls (after one warm-up), synchronising CUDA."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def step_flops(cfg: BehaviorConfig, history: int, slots: int, cached: bool) -> float:
+    """Matmul FLOPs of one denoising step for one user (2 per multiply-add)."""
+    d, n = cfg.dim, cfg.num_items + 1
+    tokens = slots if cached else history + slots
+    keys = history + slots
+    dense = tokens * cfg.layers * 12 * d * d  # qkv 3d², proj d², MLP 8d²
+    attention = tokens * cfg.layers * 2 * keys * d
+    return 2.0 * (dense + attention + slots * d * n)
+
+
+def run_speed(cfg: BehaviorConfig, batches: list[int], steps: list[int], history: int, repeats: int,
+              device: str) -> dict[str, Any]:
+    """Users/s, p50/p99 latency and achieved FLOP/s of both samplers; plain transformer for reference."""
+    torch.manual_seed(0)
+    model = DiffusionBehaviorModel(cfg).to(device).eval()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    rows = []
+    for batch in batches:
+        hist = torch.randint(1, cfg.num_items + 1, (batch, history), device=device)
+        for s in steps:
+            sampling = SamplingConfig(slots=cfg.slots, steps=s)
+            for name, sampler in (("cached", sample_cached), ("reference", sample_reference)):
+                def call(sampler=sampler, sampling=sampling, hist=hist) -> None:
+                    with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+                        sampler(model, hist, sampling)
+                times = timed(call, repeats)
+                p50 = statistics.median(times)
+                flops = batch * s * step_flops(cfg, history, cfg.slots, name == "cached")
+                rows.append({"batch": batch, "steps": s, "sampler": name, "users_per_s": batch / p50,
+                             "p50_ms": p50 * 1000, "p99_ms": float(np.percentile(times, 99)) * 1000,
+                             "tflops": flops / p50 / 1e12})
+    plain = plain_transformer_forward(cfg, history, max(batches), repeats, device, dtype)
+    return {"device": device, "dtype": str(dtype), "model": cfg.to_dict(), "history": history, "rows": rows,
+            "plain_transformer": plain}
+
+
+def plain_transformer_forward(cfg: BehaviorConfig, history: int, batch: int, repeats: int, device: str,
+                              dtype: torch.dtype) -> dict[str, float]:
+    """One full forward (+ item logits of the K slots) of torch.nn.TransformerEncoder of the same shape."""
+    layer = torch.nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
+                                             norm_first=True, activation="gelu")
+    encoder = torch.nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False).to(device).eval()
+    table = torch.randn(cfg.num_items + 1, cfg.dim, device=device)
+    x = torch.randn(batch, history + cfg.slots, cfg.dim, device=device)
+
+    @torch.no_grad()
+    def call() -> None:
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
+            hidden = encoder(x)
+            _ = hidden[:, -cfg.slots:] @ table.T
+
+    p50 = statistics.median(timed(call, repeats))
+    return {"batch": batch, "length": history + cfg.slots, "sequences_per_s": batch / p50,
+            "tflops": batch * step_flops(cfg, history, cfg.slots, cached=False) / p50 / 1e12}
+
+
+def write_result(result: dict[str, Any], out_dir: str | Path, name: str) -> Path:
+    """JSON with the machine and time beside the numbers."""
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**result, "machine": machine_description(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def ablation_table(result: dict[str, Any]) -> str:
+    """Markdown: medians without/with inferred behaviours and the relative gain."""
+    lines = ["| users | metric | without | with | gain |", "|---|---|---:|---:|---:|"]
+    for group in ("overall", "sparse"):
+        for m in METRICS:
+            lines.append(f"| {group} | {m} | {result['median']['without'][group][m]:.4f} | "
+                         f"{result['median']['with'][group][m]:.4f} | {result['gain'][group][m]:+.1%} |")
+    return "\n".join(lines)
+
+
+def beyond_log_table(result: dict[str, Any]) -> str:
+    lines = [f"| method | recall@{result['k']} of removed items |", "|---|---:|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in result["recall_at_k"].items()]
+    return "\n".join(lines)
+
+
+def speed_table(result: dict[str, Any]) -> str:
+    lines = ["| batch | S | sampler | users/s | p50 ms | p99 ms | TFLOP/s |", "|---:|---:|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['batch']} | {r['steps']} | {r['sampler']} | {r['users_per_s']:,.0f} | "
+                     f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['tflops']:.4f} |")
+    plain = result["plain_transformer"]
+    lines.append(f"\nPlain nn.TransformerEncoder, batch {plain['batch']}, length {plain['length']}: "
+                 f"{plain['sequences_per_s']:,.0f} sequences/s per full forward ({plain['tflops']:.4f} TFLOP/s)")
+    return "\n".join(lines)
+
+
+def default_device() -> str:
+    return pick_device("auto")
