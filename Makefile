@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean jvm
+.PHONY: setup demo test lint clean jvm tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); install it and re-run, or pass PYTHON=/path/to/python3.11" % sys.version.split()[0])'
@@ -20,10 +20,14 @@ setup: $(STAMP)
 jvm: setup
 	$(PY) -m streaming.jvm_deps
 
+# Pinned deploy/monitoring checkers (kustomize, kubeconform, prometheus + promtool) into ~/.cache/reaseq/tools.
+tools:
+	deploy/tools/install.sh
+
 demo: setup jvm
 	$(VENV)/bin/reaseq demo
 
-test: setup jvm
+test: setup jvm tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

@@ -1,0 +1,1 @@
+"""Kubernetes deployment: generated manifests, schema handling and offline validation (kustomize, kubeconform)."""
