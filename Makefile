@@ -5,13 +5,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# llama-cpp-python has no Linux wheel on PyPI: build it once (library only, no llava/tools/examples/tests),
+# keep the wheel here, and install from it afterwards.
+WHEELS ?= $(HOME)/.cache/reaseq/wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: setup demo test lint clean jvm tools
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); install it and re-run, or pass PYTHON=/path/to/python3.11" % sys.version.split()[0])'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { echo "building $(LLAMA_CPP) once into $(WHEELS)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip wheel -q --disable-pip-version-check --no-deps $(LLAMA_CPP) -w $(WHEELS); }
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --find-links $(WHEELS) -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

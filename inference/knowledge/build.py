@@ -1,13 +1,208 @@
-"""The resumable batch job: evidence → reasoner → verifier for every item, cached, as a versioned artifact."""
+"""The resumable batch job: evidence → reasoner ⇄ verifier for every item, cached, as a versioned artifact.
+
+    reaseq knowledge build --dataset ml-100k [--limit N] [--base-url URL --model NAME]
+
+Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence,
+prompt version, model, schema version): a killed build resumes where it stopped, a changed prompt or
+model rebuilds. Failed items are not cached, so a rerun tries them again. The artifact
+<artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
+evidence.jsonl and provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts,
+wall time, tokens/s); LATEST names the newest.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from inference.knowledge.store import KNOWLEDGE, read_jsonl, resolve_version
+from tqdm.auto import tqdm
+
+from inference.knowledge.agents import Agents, ItemResult, Prompts
+from inference.knowledge.backends import LLMBackend
+from inference.knowledge.evidence import Evidence, extract_all
+from inference.knowledge.schema import SCHEMA_VERSION
+from inference.knowledge.store import (
+    KNOWLEDGE,
+    new_version_dir,
+    publish,
+    read_jsonl,
+    resolve_version,
+    write_json,
+    write_jsonl,
+)
+from ranking.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 def load_records(dataset: str, version: str | None = None, root: Path | None = None) -> tuple[dict[str, dict], str]:
     """Item id → knowledge record of a knowledge artifact (default LATEST), and its version."""
     path = resolve_version(KNOWLEDGE, dataset, version, root)
     return {row["item_id"]: row for row in read_jsonl(path / "records.jsonl")}, path.name
+
+
+@dataclass
+class BuildConfig:
+    """What to build and how."""
+
+    dataset: str = "ml-100k"
+    prompts: str = "v1"
+    limit: int | None = None
+    items: Sequence[str] | None = None
+    max_rounds: int = 3
+    llm_verifier: bool = True
+    tagline: bool = False
+    reask: bool = False
+    snapshot_every: int = 50  # items between progress snapshots (progress.json)
+
+
+class ResultCache:
+    """One JSON file per (item, evidence, prompt version, model, schema version)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(evidence: Evidence, prompt_version: str, model: str, options: str = "") -> str:
+        payload = json.dumps([evidence.item_id, evidence.to_dict(), prompt_version, model, SCHEMA_VERSION, options],
+                             sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> dict | None:
+        path = self.folder / f"{key}.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except ValueError:  # a torn write: treat as missing
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        tmp = self.folder / f".{key}.tmp"
+        tmp.write_text(json.dumps(value, sort_keys=True))
+        tmp.replace(self.folder / f"{key}.json")
+
+
+@dataclass
+class BuildSummary:
+    version: str
+    path: Path
+    counts: dict[str, int]
+    wall_seconds: float
+    tokens_per_second: float
+    llm_calls: int
+
+
+def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = None, cache: Path | None = None,
+                    data_dir: str | None = None, progress: bool = True,
+                    on_item: Callable[[ItemResult], None] | None = None) -> BuildSummary:
+    """Run the agents over the catalogue (or a slice), resuming from the cache; write the artifact."""
+    from ranking.data import load_dataset
+
+    started = time.monotonic()
+    data = load_dataset(cfg.dataset, data_dir)
+    evidence, audit = extract_all(data.items, data.kg)
+    item_ids = [str(i) for i in (cfg.items or data.items.item_id)]
+    if cfg.limit is not None:
+        item_ids = item_ids[: cfg.limit]
+    prompts = Prompts.load(cfg.prompts)
+    options = json.dumps([cfg.max_rounds, cfg.llm_verifier, cfg.tagline, cfg.reask])
+    store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset)
+    agents = Agents(backend, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
+    prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]
+    priors = store.get(prior_key)
+    if priors is None:
+        priors = agents.calibrate()
+        store.put(prior_key, priors)
+    agents.priors = priors
+    results: list[dict[str, Any]] = []
+    cached = 0
+    bar = tqdm(item_ids, desc=f"knowledge {cfg.dataset}", unit="item", disable=not progress, dynamic_ncols=True)
+    for item_id in bar:
+        key = ResultCache.key(evidence[item_id], prompts.version, backend.model, options)
+        hit = store.get(key)
+        if hit is not None:
+            cached += 1
+            results.append(hit)
+        else:
+            result = agents.run(evidence[item_id], with_tagline=cfg.tagline)
+            row = result.to_dict()
+            if result.record is not None:
+                store.put(key, row)
+            results.append(row)
+            if on_item:
+                on_item(result)
+        done = [r for r in results if r["record"]]
+        bar.set_postfix(built=len(done), failed=len(results) - len(done), cached=cached)
+    bar.close()
+    wall = time.monotonic() - started
+    return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,
+                           root)
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and cost of a build's per-item results (cached ones included)."""
+    built = [r for r in results if r["record"]]
+    tokens = sum(r["completion_tokens"] + r["prompt_tokens"] for r in results)
+    completion = sum(r["completion_tokens"] for r in results)
+    seconds = sum(r["seconds"] for r in results)
+    return {"items": len(results), "built": len(built), "verified": sum(1 for r in built if r["verified"]),
+            "repaired": sum(1 for r in built if r["repaired"]), "failed": len(results) - len(built),
+            "field_failures": sum(len(r["failures"]) for r in built),
+            "rejections": sum(len(r["rejections"]) for r in results),
+            "llm_calls": sum(r["llm_calls"] for r in results), "prompt_tokens": tokens - completion,
+            "completion_tokens": completion, "llm_seconds": round(seconds, 1),
+            "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+            "completion_tokens_per_second": round(completion / seconds, 1) if seconds else 0.0}
+
+
+def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Prompts, backend: LLMBackend,
+                    evidence: dict[str, Evidence], results: list[dict[str, Any]], cached: int, wall: float,
+                    root: Path | None) -> BuildSummary:
+    counts = summarise(results)
+    tag = hashlib.sha256(json.dumps([prompts.version, backend.model, SCHEMA_VERSION, fingerprint]).encode()
+                         ).hexdigest()[:8]
+    path = new_version_dir(KNOWLEDGE, cfg.dataset, tag, root)
+    write_jsonl(path / "records.jsonl", [r["record"] for r in results if r["record"]])
+    write_jsonl(path / "failures.jsonl", [f for r in results for f in r["failures"]])
+    write_jsonl(path / "traces.jsonl", [{"item_id": r["item_id"], "verified": r["verified"], "repaired": r["repaired"],
+                                         "trace": r["trace"], "rejections": r["rejections"], "choices": r["choices"],
+                                         "top_status": r.get("top_status", {})}
+                                        for r in results])
+    write_jsonl(path / "evidence.jsonl", [evidence[r["item_id"]].to_dict() for r in results])
+    write_json(path / "provenance.json", {
+        "dataset": cfg.dataset, "dataset_fingerprint": fingerprint, "schema_version": SCHEMA_VERSION,
+        "prompt_version": prompts.version, "model": backend.model, "backend": type(backend).__name__,
+        "kg_link_audit": audit, "config": {k: v for k, v in vars(cfg).items() if k != "items"},
+        "counts": counts, "cached_items": cached, "wall_seconds": round(wall, 1),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    version = publish(path)
+    return BuildSummary(version, path, counts, wall, counts["tokens_per_second"], counts["llm_calls"])
+
+
+def print_examples(path: Path, count: int = 3) -> None:
+    """Print a few records with their evidence and trace (the first, a repaired one, one with a tagline)."""
+    records = {r["item_id"]: r for r in read_jsonl(path / "records.jsonl")}
+    traces = {t["item_id"]: t for t in read_jsonl(path / "traces.jsonl")}
+    evidence = {e["item_id"]: e for e in read_jsonl(path / "evidence.jsonl")}
+    picks: list[str] = []
+    for wanted in (lambda t: True, lambda t: t["repaired"], lambda t: records.get(t["item_id"], {}).get("tagline")):
+        for item_id, trace in traces.items():
+            if item_id in records and item_id not in picks and wanted(trace):
+                picks.append(item_id)
+                break
+    for item_id in picks[:count]:
+        ev = evidence[item_id]
+        print(f"\n== item {item_id}: {ev['title']} ({ev['year']})")
+        for fact in ev["facts"]:
+            note = "" if fact["trusted"] else "  (untrusted: KG links fail the audit)"
+            print(f"   [{fact['id']}] {fact['text']}{note}")
+        print("   record: " + json.dumps({k: v for k, v in records[item_id].items() if v}, ensure_ascii=False))
+        for line in traces[item_id]["trace"][1:]:
+            print(f"   | {line}")

@@ -10,6 +10,30 @@ import sys
 def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     """Register the knowledge subcommands on `reaseq knowledge`."""
     actions = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
+    build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
+                               "into a versioned knowledge artifact; starts the local SmolLM2 server unless "
+                               "--base-url names an OpenAI-compatible one")
+    build.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    build.add_argument("--data-dir", default=None)
+    build.add_argument("--limit", type=int, default=None, help="only the first N items")
+    build.add_argument("--items", nargs="+", default=None, help="only these item ids")
+    build.add_argument("--base-url", default=None, help="OpenAI-compatible API, e.g. http://host:8000/v1 "
+                       "(vllm serve, Ray Serve LLM, llama.cpp); default: start llama.cpp with SmolLM2-135M")
+    build.add_argument("--model", default=None, help="model name at --base-url")
+    build.add_argument("--backend", default="openai", choices=["openai", "vllm"],
+                       help="vllm: the offline engine with --model (needs vllm installed)")
+    build.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
+    build.add_argument("--concurrency", type=int, default=1, help="requests in flight to the server")
+    build.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    build.add_argument("--llm-verifier", action="store_true",
+                       help="ask the model yes/no about claims the rules cannot decide")
+    build.add_argument("--reask", action="store_true", help="re-ask the model with the verifier's reasons "
+                       "(default: re-rank its first answer without rejected options)")
+    build.add_argument("--tagline", action="store_true", help="also ask for a free-text tagline (schema-"
+                       "constrained JSON; SmolLM2-135M mostly repeats the title or invents one)")
+    build.add_argument("--examples", type=int, default=3, help="records to print at the end")
+    build.add_argument("--quiet", action="store_true")
+
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
                                "versioned knowledge-embeddings artifact")
     embed.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
@@ -22,6 +46,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
 def main_from_args(args: argparse.Namespace) -> int:
     if args.knowledge_command == "embed":
         return _embed(args)
+    if args.knowledge_command == "build":
+        return _build(args)
     raise ValueError(f"unknown knowledge action {args.knowledge_command!r}")
 
 
@@ -41,4 +67,34 @@ def _embed(args: argparse.Namespace) -> int:
     embeddings_version = build_item_embeddings(args.dataset, records, version, args.data_dir)
     print(json.dumps({"embeddings_version": embeddings_version, "knowledge_version": version,
                       "items_with_knowledge": len(records or {})}))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
+    from inference.knowledge.build import BuildConfig, build_knowledge, print_examples
+    from inference.knowledge.llama_server import LlamaServer, ServerConfig
+    from ranking.paths import cache_dir
+
+    cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
+                      tagline=args.tagline, reask=args.reask)
+    with contextlib.ExitStack() as stack:
+        if args.backend == "vllm":
+            backend = VLLMOfflineBackend(args.model or "HuggingFaceTB/SmolLM2-135M-Instruct")
+        elif args.base_url:
+            backend = OpenAIChatBackend(args.base_url, args.model or "default", timeout_s=args.timeout,
+                                        max_concurrency=args.concurrency)
+        else:
+            log_path = cache_dir() / "knowledge" / "llama-server.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            server = stack.enter_context(LlamaServer(config=ServerConfig(n_threads=args.threads), log_path=log_path))
+            print(f"llama.cpp server {server.model} on {server.base_url} ({args.threads} thread(s))", flush=True)
+            backend = OpenAIChatBackend(server.base_url, server.model, timeout_s=args.timeout,
+                                        max_concurrency=args.concurrency)
+        summary = build_knowledge(backend, cfg, data_dir=args.data_dir, progress=not args.quiet)
+    print(json.dumps({"version": summary.version, "path": str(summary.path), **summary.counts,
+                      "wall_seconds": round(summary.wall_seconds, 1)}, indent=2))
+    print_examples(summary.path, args.examples)
     return 0
