@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from monitoring import metrics as names
+from streaming.behavior import RefreshPolicy, behavior_request, events_since_inference, needs_refresh, with_inference
 from streaming.events import REASONS, DeadLetter, Event, parse_event
 from streaming.scoring import PendingScore, coalesce, coalesced_score_records, ranker_request
 from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
@@ -73,6 +74,15 @@ class StreamConfig:
     async_timeout_ms: int = 60_000
     async_capacity: int = 256
     extra_flink_config: dict[str, str] = field(default_factory=dict)
+    # nearline behaviour inference (thread-batched design): the BehaviorReasoner route, None = off;
+    # a user is refreshed after `behavior_refresh_events` new events or `behavior_refresh_ms` (see
+    # streaming/behavior.py); requests run in the background and never hold back a score
+    behavior_url: str | None = None
+    behavior_refresh_events: int = 5
+    behavior_refresh_ms: int = 60_000
+    behavior_batch_size: int = 64
+    behavior_poll_ms: int = 50
+    behavior_timeout_s: float = 10.0
     # extra Kafka client settings for the source and the sink (e.g. TLS: security.protocol, ssl.*)
     kafka_properties: dict[str, str] = field(default_factory=dict)
     # Flink's Prometheus reporter (job + Kafka connector metrics); None = off. It has no host option
@@ -88,6 +98,9 @@ class StreamConfig:
             raise ValueError("shards and batch_size must be >= 1")
         if self.async_timeout_ms < 0 or self.async_capacity < 1:
             raise ValueError("async_timeout_ms must be >= 0 and async_capacity >= 1")
+        if self.behavior_url and self.design != "thread-batched":
+            raise ValueError("nearline behaviour inference (behavior_url) runs in the thread-batched design")
+        RefreshPolicy(self.behavior_refresh_events, self.behavior_refresh_ms)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -161,7 +174,7 @@ def build_job(env, cfg: StreamConfig) -> None:
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
     from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig
 
-    from inference.serve.client import RankerClient, ServeUnavailable
+    from inference.serve.client import BehaviorClient, RankerClient, ServeUnavailable
     from streaming.kafka_io import OUTPUT_TYPE
 
     topics = cfg.topics
@@ -203,6 +216,25 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.m_latency = group.distribution(names.INFERENCE_LATENCY_MS)
             self.m_event_to_score = group.distribution(names.EVENT_TO_SCORE_MS)
             group.gauge(names.PENDING_SCORES, lambda: sum(self.pending_counts.values()))
+            self.m_staleness = group.distribution(names.BEHAVIOR_STALENESS_EVENTS)
+            self.behavior = None
+            if cfg.behavior_url:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self.behavior = BehaviorClient(cfg.behavior_url, timeout_s=cfg.behavior_timeout_s)
+                self.policy = RefreshPolicy(cfg.behavior_refresh_events, cfg.behavior_refresh_ms)
+                # one background thread: a refresh request never blocks the element or timer that sent it
+                self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="behavior")
+                self.wanted: dict[int, dict[str, int]] = {}  # shard → users to refresh (in arrival order)
+                self.in_flight: dict[int, tuple] = {}  # shard → (future, started, {user: events seen})
+                self.polling: set[int] = set()
+                self.m_refreshes = group.counter(names.BEHAVIOR_REFRESHES)
+                self.m_refresh_errors = group.counter(names.BEHAVIOR_REFRESH_ERRORS)
+                self.m_refresh_latency = group.distribution(names.BEHAVIOR_REFRESH_LATENCY_MS)
+
+        def close(self) -> None:
+            if getattr(self, "behavior", None) is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
 
         def _state(self, user_id: str) -> UserState | None:
             state = self.cache.get(user_id)
@@ -225,7 +257,12 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.m_states.inc()
             yield Row(topics.user_state, event.user_id.encode(), encoded)
             self.pending.add(PendingScore(state, event.event_id, kafka_ts).to_bytes())
+            self.m_staleness.update(events_since_inference(state))
             shard = ctx.get_current_key()
+            if self.behavior is not None:
+                if needs_refresh(state, self.policy, _now_ms()):
+                    self.wanted.setdefault(shard, {})[event.user_id] = state.events
+                yield from self._behavior_step(ctx, shard)
             count = self.pending_counts.get(shard, 0) + 1
             self.pending_counts[shard] = count
             if count >= cfg.batch_size:
@@ -242,7 +279,54 @@ def build_job(env, cfg: StreamConfig) -> None:
             shard = ctx.get_current_key()
             if self.armed.get(shard) == timestamp:
                 del self.armed[shard]
+            if self.behavior is not None:
+                self.polling.discard(shard)
+                yield from self._behavior_step(ctx, shard)
             yield from self._flush(ctx, shard)
+
+        def _behavior_step(self, ctx, shard: int):
+            """Apply a finished refresh of this shard, send the next one, keep polling while work is left.
+
+            In-flight and wanted refreshes live only in memory: after a restore a user is asked again on
+            its next event (the refresh rule still holds), so nothing needs checkpointing.
+            """
+            flight = self.in_flight.get(shard)
+            if flight is not None and flight[0].done():
+                del self.in_flight[shard]
+                future, started, asked = flight
+                try:
+                    response = future.result()
+                except Exception:  # any failure: count it; the user is asked again on a later event
+                    self.m_refresh_errors.inc()
+                else:
+                    self.m_refresh_latency.update(int((time.perf_counter() - started) * 1000))
+                    now = _now_ms()
+                    for result in response["results"]:
+                        user = result.get("user_id")
+                        state = self._state(user) if user in asked else None
+                        if state is None or not result.get("items"):
+                            continue
+                        state = with_inference(state, result["items"], response["model_version"], asked[user], now)
+                        encoded = state.to_json()
+                        self.users.put(user, encoded)
+                        self.cache[user] = state
+                        self.m_refreshes.inc()
+                        self.m_states.inc()
+                        yield Row(topics.user_state, user.encode(), encoded)
+            wanted = self.wanted.get(shard)
+            if shard not in self.in_flight and wanted:
+                users = list(wanted)[:cfg.behavior_batch_size]
+                for user in users:
+                    del wanted[user]
+                # the newest state of each user (events may have arrived while it waited), if still behind
+                states = [s for s in (self._state(u) for u in users) if s is not None and events_since_inference(s) > 0]
+                if states:
+                    self.in_flight[shard] = (self.executor.submit(self.behavior.infer, behavior_request(states)),
+                                             time.perf_counter(), {s.user_id: s.events for s in states})
+            if (shard in self.in_flight or self.wanted.get(shard)) and shard not in self.polling:
+                due = ctx.timer_service().current_processing_time() + cfg.behavior_poll_ms
+                ctx.timer_service().register_processing_time_timer(due)
+                self.polling.add(shard)
 
         def _flush(self, ctx, shard: int):
             raw = list(self.pending.get() or [])

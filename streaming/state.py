@@ -29,6 +29,13 @@ class UserState:
     recent_event_ids: tuple[str, ...] = ()
     inferred_items: tuple[str, ...] = ()
     inferred_model_version: str = ""
+    inferred_at_events: int = 0  # how many of the user's events the inference had seen
+    inferred_at_ms: int = 0  # when it was applied (wall clock, ms)
+
+    @property
+    def events(self) -> int:
+        """Events applied to this state (all actions)."""
+        return sum(self.counts.values())
 
     def to_json(self) -> bytes:
         # explicit fields: dataclasses.asdict deep-copies and costs ~10% of the job's Python time
@@ -37,6 +44,7 @@ class UserState:
             "version": self.version, "last_event_id": self.last_event_id, "last_event_ts": self.last_event_ts,
             "recent_event_ids": self.recent_event_ids, "inferred_items": self.inferred_items,
             "inferred_model_version": self.inferred_model_version,
+            "inferred_at_events": self.inferred_at_events, "inferred_at_ms": self.inferred_at_ms,
         }, separators=(",", ":")).encode()
 
     @staticmethod

@@ -32,3 +32,8 @@ def send_raw(bootstrap_servers: str, topic: str, values: list[bytes]) -> None:
         producer.send(topic, key=f"bad-{n}".encode(), value=value)
     producer.flush()
     producer.close()
+
+# A behaviour model that trains in seconds (K=5 slots, 2 steps): real artifact, not a good one.
+TINY_BEHAVIOR_CONFIG = {"epochs": 1, "batch_size": 256, "cuts_per_user": 2, "holdout": 2,
+                        "model": {"max_history": 20, "slots": 5, "dim": 16, "layers": 1, "heads": 1},
+                        "sampling": {"slots": 5, "steps": 2}}

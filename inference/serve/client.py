@@ -26,7 +26,11 @@ class RankerClient:
 
     def score(self, users: list[dict[str, Any]], top_k: int | None = None) -> dict[str, Any]:
         """{"model_version": str, "results": [{"user_id", "items", "scores"}, ...]} in the order given."""
-        body = json.dumps({"users": users, **({"top_k": top_k} if top_k else {})}).encode()
+        return self.post(users, {"top_k": top_k} if top_k else {})
+
+    def post(self, users: list[dict[str, Any]], options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST {"users": [...], **options}; the payload, with one result per user in the order given."""
+        body = json.dumps({"users": users, **(options or {})}).encode()
         delay, last_error = self.backoff_s, None
         for attempt in range(self.retries + 1):
             try:
@@ -44,4 +48,16 @@ class RankerClient:
                 if attempt < self.retries:
                     time.sleep(delay)
                     delay = min(delay * 2, self.max_backoff_s)
-        raise ServeUnavailable(f"Ranker at {self.url} failed after {self.retries + 1} attempts: {last_error}")
+        raise ServeUnavailable(f"Serve at {self.url} failed after {self.retries + 1} attempts: {last_error}")
+
+
+@dataclass
+class BehaviorClient(RankerClient):
+    """The same protocol for the BehaviorReasoner route: users' recent items in, inferred items out."""
+
+    timeout_s: float = 10.0
+    retries: int = 1
+
+    def infer(self, users: list[dict[str, Any]]) -> dict[str, Any]:
+        """{"model_version": str, "results": [{"user_id", "items", "confidence"}, ...]} in the order given."""
+        return self.post(users)

@@ -27,11 +27,16 @@ def load_serve_config(path: Path = SERVE_CONFIG) -> dict[str, Any]:
 
 
 class LocalServe:
-    """Context manager: a local Ray instance with the Ranker app; `.url` is its HTTP route."""
+    """Context manager: a local Ray instance with the Ranker app (`.url`) and, given a behaviour
+    artifact, the BehaviorReasoner app (`.behavior_url`)."""
 
     def __init__(self, artifact: str, num_cpus: int = 2, port: int | None = None,
-                 config_path: Path = SERVE_CONFIG, overrides: dict[str, Any] | None = None) -> None:
+                 config_path: Path = SERVE_CONFIG, overrides: dict[str, Any] | None = None,
+                 behavior_artifact: str | None = None) -> None:
         self.artifact = artifact
+        self.behavior_artifact = behavior_artifact
+        self.behavior_url = ""
+        self.behavior_version = ""
         self.num_cpus = num_cpus
         self.port = port or free_port()
         self.config = load_serve_config(config_path)
@@ -59,17 +64,31 @@ class LocalServe:
         ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
                  _node_ip_address="127.0.0.1", configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        app = copy.deepcopy(self.config["applications"][0])
-        args = {**app.get("args", {}), "artifact": self.artifact, **self.overrides}
-        options = dict(app["deployments"][0])
-        options.pop("name", None)
-        deployment = Ranker.options(**options)
-        serve.run(deployment.bind(**args), name=app["name"], route_prefix=app["route_prefix"])
-        self.url = f"http://127.0.0.1:{self.port}{app['route_prefix']}"
         from ranking.artifacts import resolve_artifact
 
+        self.url = self._run_app("ranker", Ranker, {"artifact": self.artifact, **self.overrides})
         self.model_version = resolve_artifact(self.artifact).name
-        log.info("Serve ranker ready at %s in %.1f s", self.url, time.monotonic() - started)
+        if self.behavior_artifact:
+            from inference.behavior.serve_app import BehaviorReasonerDeployment
+
+            self.behavior_url = self._run_app("behavior", BehaviorReasonerDeployment,
+                                              {"artifact": self.behavior_artifact})
+            self.behavior_version = resolve_artifact(self.behavior_artifact, kind="behavior").name
+        log.info("Serve ready at %s in %.1f s", self.url, time.monotonic() - started)
+
+    def _run_app(self, name: str, deployment_class: Any, args: dict[str, Any]) -> str:
+        """Deploy one application of the Serve YAML with some args replaced; returns its URL."""
+        from ray import serve
+
+        apps = {app["name"]: app for app in self.config["applications"]}
+        if name not in apps:
+            raise ValueError(f"no application {name!r} in the Serve config (has {sorted(apps)})")
+        app = copy.deepcopy(apps[name])
+        options = dict(app["deployments"][0])
+        options.pop("name", None)
+        serve.run(deployment_class.options(**options).bind(**{**app.get("args", {}), **args}), name=app["name"],
+                  route_prefix=app["route_prefix"])
+        return f"http://127.0.0.1:{self.port}{app['route_prefix']}"
 
     def stop(self) -> None:
         import ray
