@@ -59,6 +59,7 @@ def job_config(cluster: dict[str, Any], known_items: list[str]) -> dict[str, Any
     ray = cluster["ray"]
     return {"bootstrap_servers": cluster["kafka"]["plain_bootstrap"],
             "serve_url": f"http://{ray['service']}-serve-svc.{cluster['namespace']}.svc:8000/rank",
+            "behavior_url": f"http://{ray['service']}-serve-svc.{cluster['namespace']}.svc:8000/behavior",
             "checkpoint_dir": flink["checkpoints"], **flink["job"], "known_items": known_items}
 
 
