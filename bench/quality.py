@@ -34,13 +34,16 @@ def median_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def run_quality(data: SequenceData, cfg: TrainConfig, seeds: list[int], progress: bool = True) -> dict[str, Any]:
-    """Popularity once, the ranker once per seed; medians and every run, ready for JSON."""
+def run_quality(data: SequenceData, cfg: TrainConfig, seeds: list[int], progress: bool = True,
+                extras: dict | None = None, provenance: dict | None = None) -> dict[str, Any]:
+    """Popularity once, the ranker once per seed; medians and every run, ready for JSON.
+
+    `extras`/`provenance` pass through to train_and_save (a ranker reading inferred behaviours)."""
     started = time.time()
     popularity = evaluate_popularity(data, "test")
     runs = []
     for seed in seeds:
-        run = train_and_save(data, replace(cfg, seed=seed), progress=progress)
+        run = train_and_save(data, replace(cfg, seed=seed), progress=progress, extras=extras, provenance=provenance)
         runs.append({"seed": seed, "artifact": str(run.artifact.path), "test": run.test,
                      "best_epoch": run.artifact.metrics["best_epoch"],
                      "train_seconds": run.artifact.metrics["train_seconds"]})
@@ -52,6 +55,7 @@ def run_quality(data: SequenceData, cfg: TrainConfig, seeds: list[int], progress
         "popularity": popularity,
         "ranker_runs": runs,
         "ranker_median": median_metrics([r["test"] for r in runs]),
+        "provenance": provenance,
         "wall_seconds": round(time.time() - started, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -64,7 +68,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [f"| model ({name}, test, full ranking) | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
     rows = [("Popularity", result["popularity"]),
-            (f"SASRec-CE (ours, median of {seeds} seed{'s' * (seeds > 1)})", result["ranker_median"])]
+            (f"SASRec-CE{' + inferred behaviours' if (result.get('provenance') or {}).get('behavior_version') else ''}"
+             f" (ours, median of {seeds} seed{'s' * (seeds > 1)})", result["ranker_median"])]
     for label, metrics in rows:
         lines.append(f"| {label} | " + " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS) + " |")
     for label, (hr, ndcg) in ANCHORS_ML1M.items():

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ranking.artifacts import Artifact, load_artifact, save_artifact
@@ -52,14 +53,21 @@ def dataset_record(data: SequenceData) -> dict[str, Any]:
 
 
 def train_and_save(data: SequenceData, cfg: TrainConfig, progress: bool = True,
-                   root: Path | None = None) -> RankerRun:
-    """Train a ranker, evaluate it on the test split, and save it as a versioned artifact."""
-    result = train_ranker(data, cfg, progress=progress)
-    test = evaluate(data, model_scorer(result.model, result.device), "test")
+                   root: Path | None = None, extras: dict[str, dict[int, np.ndarray]] | None = None,
+                   provenance: dict[str, Any] | None = None) -> RankerRun:
+    """Train a ranker, evaluate it on the test split, and save it as a versioned artifact.
+
+    `extras` ({"train", "valid", "test"} → user → item indices) feeds the extra sequence (e.g. inferred
+    behaviours) when cfg.model sets extra_len; `provenance` is recorded in the artifact's config.
+    """
+    extras = extras or {}
+    result = train_ranker(data, cfg, extra=extras.get("train"), valid_extra=extras.get("valid"), progress=progress)
+    test = evaluate(data, model_scorer(result.model, result.device, extras.get("test")), "test")
     metrics = {"test": test, "valid": result.valid, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
                "device": result.device, "machine": machine_description(), "history": result.history}
-    config = {"model": result.model_config.to_dict(), "train": cfg.to_dict(), "kind": "sasrec-ce"}
+    config = {"model": result.model_config.to_dict(), "train": cfg.to_dict(), "kind": "sasrec-ce",
+              **(provenance or {})}
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     artifact = save_artifact("ranker", dataset_record(data), config, state, metrics, root)
     return RankerRun(artifact, test, result.valid)

