@@ -36,6 +36,7 @@ from inference.knowledge.schema import (
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 LETTERS = "ABCDEFGHIJKLMNOP"
+PRIOR_FLOOR = 0.02  # calibration never divides by less: a letter the model never says is not made a winner
 FIELDS: dict[str, tuple[tuple[str, ...], int]] = {"audience": (AUDIENCES, 1), "moods": (MOODS, 2),
                                                   "occasions": (OCCASIONS, 1)}
 NOUN = {"Action": "action movie", "Adventure": "adventure", "Animation": "animated film", "Children's": "kids movie",
@@ -60,6 +61,8 @@ class Prompts:
     tagline: str
     verify: str
     questions: dict[str, str]
+    judge: str = ""  # one raw completion answering all closed fields (v2+), empty in v1
+    prefills: dict[str, str] = field(default_factory=dict)  # field → pre-filled answer start (v2+)
 
     @classmethod
     def load(cls, name: str = "v1") -> Prompts:
@@ -67,7 +70,8 @@ class Prompts:
         texts = {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
         digest = hashlib.sha256("".join(k + v for k, v in texts.items()).encode()).hexdigest()[:8]
         return cls(f"{name}-{digest}", texts["system.txt"].strip(), texts["choose.txt"], texts["tagline.txt"],
-                   texts["verify.txt"], yaml.safe_load(texts["questions.yaml"]))
+                   texts["verify.txt"], yaml.safe_load(texts["questions.yaml"]), texts.get("judge.txt", ""),
+                   yaml.safe_load(texts.get("judge.yaml", "")) or {})
 
 
 @dataclass
@@ -95,6 +99,21 @@ class ItemResult:
 def rotation(item_id: str, size: int) -> int:
     """Deterministic per-item offset for the options' order (spreads the model's letter bias)."""
     return int(hashlib.sha256(item_id.encode()).hexdigest()[:8], 16) % size
+
+
+def word_distribution(top: dict[str, float], options: tuple[str, ...]) -> dict[str, float] | None:
+    """Probability of each option from next-token log-probs: a token counts for the options whose text
+    starts with it (' light' → 'lighthearted'); None when no top token starts any option."""
+    mass = dict.fromkeys(options, 0.0)
+    for token, logprob in top.items():
+        word = token.strip().lower()
+        if len(word) < 2 or not word.isascii():
+            continue
+        hits = [o for o in options if o.startswith(word)]
+        for option in hits:
+            mass[option] += math.exp(logprob) / len(hits)
+    total = sum(mass.values())
+    return {o: m / total for o, m in mass.items()} if total > 0 else None
 
 
 def letter_distribution(top: dict[str, float], letters: str) -> dict[str, float] | None:
@@ -147,8 +166,27 @@ class Agents:
         reply = self._chat(result, ChatRequest(self._messages(user), max_tokens=1, top_logprobs=20))
         return letter_distribution(reply.top_logprobs[0] if reply.top_logprobs else {}, letters)
 
+    def judge_words(self, evidence_text: str, result: ItemResult | None = None) -> dict[str, dict[str, float] | None]:
+        """All closed fields in one conversation (raw completion, pre-filled answers): per field the
+        probability of each option from the next-token log-probs of its first word.
+
+        The best option is appended before the next field, so each call evaluates only a few new tokens
+        on top of the server's cached prefix.
+        """
+        prompt = self.prompts.judge.format(evidence=evidence_text)
+        out: dict[str, dict[str, float] | None] = {}
+        for number, name in enumerate(FIELDS):
+            prompt += ("" if number == 0 else ". ") + self.prompts.prefills[name]
+            reply = self._chat(result, ChatRequest([], max_tokens=1, top_logprobs=20, prompt=prompt))
+            probs = word_distribution(reply.top_logprobs[0] if reply.top_logprobs else {}, FIELDS[name][0])
+            out[name] = probs
+            prompt += " " + (max(probs, key=probs.get) if probs else FIELDS[name][0][0])
+        return out
+
     def calibrate(self, rotations: int = 3) -> dict[str, dict[str, float]]:
         """The model's letter bias per field with content-free facts, averaged over option rotations."""
+        if self.prompts.judge:
+            return self._calibrate_judge()
         priors: dict[str, dict[str, float]] = {}
         for name, (options, _) in FIELDS.items():
             letters = LETTERS[: len(options)]
@@ -162,6 +200,31 @@ class Agents:
             priors[name] = total
         self.priors = priors
         return priors
+
+    def _calibrate_judge(self) -> dict[str, dict[str, float]]:
+        """The model's preference for each option with no facts (divided out of every item's answer)."""
+        words = self.judge_words("(no facts)")
+        self.priors = {name: words[name] or {o: 1.0 / len(opts) for o in opts} for name, (opts, _) in FIELDS.items()}
+        return self.priors
+
+    def calibrated_ranking(self, name: str, probs: dict[str, float] | None,
+                           result: ItemResult) -> list[tuple[str, float]]:
+        """Options by calibrated probability: p(option | facts) / p(option | no facts), renormalised."""
+        options = FIELDS[name][0]
+        if probs is None:
+            result.trace.append(f"reasoner: {name}: no option among the model's top tokens; uniform")
+            probs = {o: 1.0 / len(options) for o in options}
+        prior = self.priors.get(name, {})
+        scores = {o: probs[o] / max(prior.get(o, 0.0), PRIOR_FLOOR) if prior else probs[o] for o in options}
+        total = sum(scores.values()) or 1.0
+        return sorted(((o, s / total) for o, s in scores.items()), key=lambda kv: (-kv[1], options.index(kv[0])))
+
+    def first_rankings(self, evidence: Evidence, result: ItemResult) -> dict[str, list[tuple[str, float]]]:
+        """Round-one rankings of every closed field: one conversation (v2+) or one chat per field (v1)."""
+        if not self.prompts.judge:
+            return {name: self.rank_options(evidence, name, opts, {}, result) for name, (opts, _) in FIELDS.items()}
+        words = self.judge_words(evidence.text(), result)
+        return {name: self.calibrated_ranking(name, words[name], result) for name in FIELDS}
 
     def rank_options(self, evidence: Evidence, name: str, options: tuple[str, ...], exclude: dict[str, str],
                      result: ItemResult) -> list[tuple[str, float]]:
@@ -213,7 +276,8 @@ class Agents:
             return Verdict(CONTRADICTED, f"model verifier: P(yes)={p_yes:.2f} for {claim!r}")
         return Verdict(SUPPORTED, f"model verifier: P(yes)={p_yes:.2f}")
 
-    def decide_field(self, evidence: Evidence, name: str, result: ItemResult) -> list[str]:
+    def decide_field(self, evidence: Evidence, name: str, result: ItemResult,
+                     first: list[tuple[str, float]] | None = None) -> list[str]:
         """Reasoner ⇄ verifier for one field: the model ranks the options, the verifier vetoes.
 
         Options the evidence supports come first (in the model's order), then undecided ones; contradicted
@@ -223,7 +287,7 @@ class Agents:
         options, k = FIELDS[name]
         rejected: dict[str, str] = {}
         accepted: list[str] = []
-        ranking = self.rank_options(evidence, name, options, rejected, result)
+        ranking = first or self.rank_options(evidence, name, options, rejected, result)
         result.choices[name] = [(o, round(p, 4)) for o, p in ranking]
         for round_ in range(1, self.max_rounds + 1):
             verdicts = {o: check_choice(name, o, evidence.genres, evidence.title, evidence.year) for o, _ in ranking}
@@ -315,7 +379,8 @@ class Agents:
         result.trace.append(f"extractor: {len(evidence.facts)} facts, {len(evidence.trusted())} trusted: "
                             + "; ".join(f.text for f in evidence.trusted()))
         try:
-            decided = {name: self.decide_field(evidence, name, result) for name in FIELDS}
+            first = self.first_rankings(evidence, result)
+            decided = {name: self.decide_field(evidence, name, result, first[name]) for name in FIELDS}
             tagline = self.decide_tagline(evidence, result) if with_tagline else None
         except BackendError as error:
             result.failures.append({"item_id": evidence.item_id, "stage": "backend", "error": str(error)})

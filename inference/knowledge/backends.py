@@ -29,12 +29,13 @@ from pydantic import BaseModel, ValidationError
 class ChatRequest:
     """One chat completion: messages, sampling and optional JSON schema / top log-probabilities."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # empty when `prompt` is set
     max_tokens: int = 64
     temperature: float = 0.0
     json_schema: dict[str, Any] | None = None
     top_logprobs: int | None = None
     seed: int = 0
+    prompt: str | None = None  # a raw completion (/completions) instead of a chat (/chat/completions)
 
 
 @dataclass
@@ -105,8 +106,14 @@ class OpenAIChatBackend:
         self.stats = BackendStats()
 
     def payload(self, request: ChatRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": request.messages, "max_tokens": request.max_tokens,
+        body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_tokens,
                                 "temperature": request.temperature, "seed": request.seed}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+            if request.top_logprobs:
+                body["logprobs"] = request.top_logprobs
+            return body
+        body["messages"] = request.messages
         if request.json_schema is not None:
             body["response_format"] = {"type": "json_object", "schema": request.json_schema}
         if request.top_logprobs:
@@ -127,7 +134,8 @@ class OpenAIChatBackend:
             try:
                 with self.slots:
                     started = time.monotonic()
-                    http = urllib.request.Request(f"{self.base_url}/chat/completions", data=data, headers=headers)
+                    route = "completions" if request.prompt is not None else "chat/completions"
+                    http = urllib.request.Request(f"{self.base_url}/{route}", data=data, headers=headers)
                     with urllib.request.urlopen(http, timeout=self.timeout_s) as response:
                         raw = response.read()
                     seconds = time.monotonic() - started
@@ -154,10 +162,13 @@ def parse_chat_response(raw: bytes, seconds: float) -> ChatResult:
     try:
         body = json.loads(raw)
         choice = body["choices"][0]
-        text = choice["message"].get("content") or ""
+        text = choice["message"].get("content") or "" if "message" in choice else choice["text"]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
         raise BackendError("malformed", f"not a chat completion ({error}): {raw[:200]!r}") from error
     tops: list[dict[str, float]] = []
+    legacy = (choice.get("logprobs") or {}).get("top_logprobs")
+    if legacy:  # /completions: a list of {token: logprob} per generated token
+        tops = [{str(k): float(v) for k, v in (step or {}).items()} for step in legacy]
     for token in ((choice.get("logprobs") or {}).get("content") or []):
         alternatives = token.get("top_logprobs") or [{"token": token.get("token"), "logprob": token.get("logprob")}]
         tops.append({a["token"]: float(a["logprob"]) for a in alternatives if a.get("token") is not None})
@@ -190,7 +201,10 @@ class VLLMOfflineBackend:
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed,
                                 logprobs=request.top_logprobs, **extra)
         started = time.monotonic()
-        output = self.engine.chat(request.messages, params, use_tqdm=False)[0]
+        if request.prompt is not None:
+            output = self.engine.generate([request.prompt], params, use_tqdm=False)[0]
+        else:
+            output = self.engine.chat(request.messages, params, use_tqdm=False)[0]
         completion = output.outputs[0]
         tops = [{lp.decoded_token: lp.logprob for lp in step.values()} for step in (completion.logprobs or [])]
         result = ChatResult(completion.text, tops, len(output.prompt_token_ids), len(completion.token_ids),

@@ -52,7 +52,7 @@ class BuildConfig:
     """What to build and how."""
 
     dataset: str = "ml-100k"
-    prompts: str = "v1"
+    prompts: str = "v2"
     limit: int | None = None
     items: Sequence[str] | None = None
     max_rounds: int = 3

@@ -63,6 +63,19 @@ def fetch_model() -> Path:
     return target
 
 
+def _child_setup(nice: int) -> None:
+    """In the server process: lower its priority, and die with its parent (Linux PR_SET_PDEATHSIG)."""
+    if nice:
+        os.nice(nice)
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -108,7 +121,7 @@ class LlamaServer:
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cfg.n_threads)}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        preexec_fn=(lambda: os.nice(cfg.nice)) if cfg.nice else None)
+                                        preexec_fn=lambda: _child_setup(cfg.nice))
         deadline = time.monotonic() + cfg.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
