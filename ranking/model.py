@@ -3,8 +3,11 @@
 The backbone every ablation shares. Two optional inputs, off by default:
 - an extra sequence (e.g. inferred beyond-log behaviours) with its own segment embedding; every
   history position may attend to all of it, it attends only to itself;
-- per-item side embeddings (e.g. knowledge vectors), projected and added to the ID embeddings on
-  both the input and the output (tied) side.
+- per-item side embeddings (e.g. knowledge vectors), projected into the ID space and fused with the
+  ID embeddings on both the input and the output (tied) side: added (`side_mode="add"`) or mixed by a
+  learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
+  each item's ID embedding towards its projected side vector. Items in `cold_items` (never seen in
+  training) are represented by their side vector alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ class RankerConfig:
     dropout: float = 0.2
     extra_len: int = 0
     side_dim: int = 0
+    side_mode: str = "add"  # add | gate
+    align_weight: float = 0.0
+    align_temperature: float = 0.1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +66,8 @@ class Block(nn.Module):
 class SequentialRanker(nn.Module):
     """Causal transformer: hidden state at each position scores every item (full softmax)."""
 
-    def __init__(self, cfg: RankerConfig, side_embeddings: torch.Tensor | None = None) -> None:
+    def __init__(self, cfg: RankerConfig, side_embeddings: torch.Tensor | None = None,
+                 cold_items: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
@@ -73,8 +80,16 @@ class SequentialRanker(nn.Module):
             if side_embeddings is None or side_embeddings.shape != (cfg.num_items + 1, cfg.side_dim):
                 raise ValueError(f"side_dim={cfg.side_dim} needs side embeddings of shape "
                                  f"({cfg.num_items + 1}, {cfg.side_dim})")
+            if cfg.side_mode not in ("add", "gate"):
+                raise ValueError(f"side_mode must be 'add' or 'gate', not {cfg.side_mode!r}")
             self.register_buffer("side", side_embeddings.float().clone())
+            cold = torch.zeros(cfg.num_items + 1, dtype=torch.bool)
+            if cold_items is not None:
+                cold[torch.as_tensor(cold_items, dtype=torch.long)] = True
+            self.register_buffer("cold", cold)
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
+            if cfg.side_mode == "gate":
+                self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
         self.apply(self._init)
 
     @staticmethod
@@ -88,8 +103,27 @@ class SequentialRanker(nn.Module):
         """(N+1, dim) item representations, shared by input and output."""
         table = self.item_emb.weight
         if self.cfg.side_dim:
-            table = table + self.side_proj(self.side)
+            side = self.side_proj(self.side)
+            ids = table.masked_fill(self.cold[:, None], 0.0)
+            if self.cfg.side_mode == "gate":
+                gate = torch.sigmoid(self.side_gate(torch.cat([ids, side], dim=1)))
+                fused = gate * ids + (1 - gate) * side
+                table = torch.where(self.cold[:, None], side, fused)
+            else:
+                table = ids + side
         return table
+
+    def alignment_loss(self, items: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE between ID embeddings and projected side vectors of `items` (distinct, warm)."""
+        items = torch.unique(items)
+        items = items[~self.cold[items]]
+        if items.numel() < 2:
+            return self.item_emb.weight.new_zeros(())
+        ids = F.normalize(self.item_emb(items), dim=1)
+        side = F.normalize(self.side_proj(self.side[items]), dim=1)
+        logits = ids @ side.T / self.cfg.align_temperature
+        labels = torch.arange(items.numel(), device=items.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     def encode(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, dim) for left-padded histories (B, L) and an optional extra sequence (B, E)."""
@@ -129,7 +163,10 @@ class SequentialRanker(nn.Module):
         hidden = self.encode(inputs, extra)
         keep = targets != 0
         logits = hidden[keep] @ self.item_table().T
-        return F.cross_entropy(logits.float(), targets[keep])
+        loss = F.cross_entropy(logits.float(), targets[keep])
+        if self.cfg.side_dim and self.cfg.align_weight:
+            loss = loss + self.cfg.align_weight * self.alignment_loss(targets[keep])
+        return loss
 
     def score_last(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N+1) for the next item after each (left-padded) history."""

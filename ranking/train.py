@@ -101,6 +101,7 @@ def _autocast(device: str):
 
 def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarray] | None = None,
                  side_embeddings: torch.Tensor | None = None, users: Sequence[int] | None = None,
+                 cold_items: Sequence[int] | None = None,
                  progress: bool = True, valid_extra: dict[int, np.ndarray] | None = None) -> TrainResult:
     """Train on each user's training items; keep the epoch with the best validation NDCG@10.
 
@@ -110,7 +111,8 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     model_cfg = RankerConfig(num_items=data.num_items, **cfg.model)
-    model = SequentialRanker(model_cfg, side_embeddings).to(device)
+    cold = torch.as_tensor(list(cold_items), dtype=torch.long) if cold_items is not None else None
+    model = SequentialRanker(model_cfg, side_embeddings, cold).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     users = list(range(len(data.sequences))) if users is None else list(users)
     windows, owners = [], []
