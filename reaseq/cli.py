@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(instead of --rate)")
     replay_cmd.add_argument("--limit", type=int, default=None)
 
+    bench_knowledge = bench_cmds.add_parser(
+        "knowledge", help="ranker with vs without knowledge embeddings (overall, long tail, cold items; median "
+                          "of seeds) and the online intent composition's cost per user; JSON to bench/results/")
+    from bench.knowledge import add_arguments as add_knowledge_bench_arguments
+
+    add_knowledge_bench_arguments(bench_knowledge)
     bench_stream = bench_cmds.add_parser(
         "stream", help="Kafka passthrough ceiling vs the pipeline's sustained events/s and event→score latency "
                        "at fixed rates, both output modes; median of runs; JSON to bench/results/stream.json")
@@ -313,6 +319,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "knowledge":
+        from bench.knowledge import main_from_args as knowledge_bench
+
+        return knowledge_bench(args)
     if args.bench == "behavior":
         return _bench_behavior(args)
     if args.bench == "stream":

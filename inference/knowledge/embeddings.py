@@ -108,8 +108,14 @@ def build_item_embeddings(dataset: str, records: dict[str, dict] | None = None, 
     evidence, audit = extract_all(data.items, data.kg)
     item_ids = [str(i) for i in data.items.item_id]
     texts = [knowledge_text(evidence[i], (records or {}).get(i)) for i in item_ids]
-    vectors = (encoder or TextEncoder()).encode(texts)
+    encoder = encoder or TextEncoder()
+    vectors = encoder.encode(texts)
     covered = sum(1 for i in item_ids if (records or {}).get(i))
     meta = {"source": "knowledge" if records else "evidence", "knowledge_version": knowledge_version,
             "items_with_knowledge": covered, "kg_link_audit": audit.to_dict()}
-    return save_embeddings(dataset, item_ids, texts, vectors, meta, root)
+    version = save_embeddings(dataset, item_ids, texts, vectors, meta, root)
+    if records:  # the intent index travels with the vectors it was built beside
+        from inference.knowledge.intents import IntentIndex
+
+        IntentIndex.from_records(records, encoder.encode).save(resolve_version(EMBEDDINGS, dataset, version, root))
+    return version

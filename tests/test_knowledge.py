@@ -1,0 +1,337 @@
+"""Knowledge path without the real model: JSON repair/retry, backend failure handling against a real local
+HTTP server that misbehaves on purpose, schema, rule verifier, agents' veto loop, cache/resume, embeddings,
+intent index, the ranker's knowledge fusion."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+
+from inference.knowledge.agents import Agents, Prompts
+from inference.knowledge.backends import BackendError, ChatRequest, OpenAIChatBackend, complete_json, repair_json
+from inference.knowledge.build import BuildConfig, build_knowledge
+from inference.knowledge.embeddings import l2_normalise, load_item_embeddings, save_embeddings
+from inference.knowledge.evidence import extract_all
+from inference.knowledge.intents import IntentIndex
+from inference.knowledge.rules import CONTRADICTED, SUPPORTED, check_choice, check_tagline
+from inference.knowledge.schema import Judgement, KnowledgeRecord
+from inference.knowledge.store import read_jsonl
+from ranking.model import RankerConfig, SequentialRanker
+
+
+class ScriptedServer:
+    """A real OpenAI-compatible HTTP server on 127.0.0.1 whose replies follow a script (to misbehave)."""
+
+    def __init__(self) -> None:
+        self.script: list[dict] = []  # consumed in order; the last entry repeats
+        self.hits = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                self.rfile.read(length)
+                with owner.lock:
+                    owner.hits += 1
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                    step = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                try:
+                    time.sleep(step.get("sleep", 0))
+                    body = step.get("raw") or json.dumps(reply(step)).encode()
+                    self.send_response(step.get("status", 200))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with owner.lock:
+                        owner.in_flight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(step: dict) -> dict:
+    """A chat/completions body: `text`, and `top` (token → logprob) for the first token."""
+    top = step.get("top")
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": step.get("text", "")},
+              "text": step.get("text", "")}
+    if top:
+        choice["logprobs"] = {"top_logprobs": [top],
+                              "content": [{"token": next(iter(top)), "logprob": 0.0,
+                                           "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}]}
+    return {"choices": [choice], "usage": {"prompt_tokens": 10, "completion_tokens": 1}}
+
+
+@pytest.fixture
+def server():
+    scripted = ScriptedServer()
+    yield scripted
+    scripted.close()
+
+
+@pytest.fixture(scope="module")
+def evidence(ml100k):
+    return extract_all(ml100k.items, ml100k.kg)[0]
+
+
+# ------------------------------------------------------------------ JSON: repair, retry, recorded failure
+
+@pytest.mark.parametrize("raw, expected", [
+    ('```json\n{"tagline": "a toy comes alive"}\n```', {"tagline": "a toy comes alive"}),
+    ('Sure! Here it is: {"tagline": "two friends", } hope this helps', {"tagline": "two friends"}),
+    ("{'tagline': 'single quotes'}", {"tagline": "single quotes"}),
+    ('{"tagline": "cut off in the mid', {"tagline": "cut off in the mid"}),
+])
+def test_repair_json(raw, expected):
+    assert json.loads(repair_json(raw)) == expected
+
+
+def test_repair_json_gives_up_without_an_object():
+    assert repair_json("I cannot answer that.") is None
+
+
+def test_complete_json_repairs_then_retries_then_records_failure(server):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=5, max_retries=0)
+    messages = [{"role": "user", "content": "tagline?"}]
+    server.script = [{"text": 'Sure: {"tagline": "a boy and his dog",}'}]
+    outcome = complete_json(backend, messages, Judgement)
+    assert outcome.ok and outcome.repaired and outcome.attempts == 1
+    assert outcome.value.tagline == "a boy and his dog"
+
+    server.script = [{"text": "no json here"}, {"text": '{"tagline": "a heist goes wrong"}'}]
+    outcome = complete_json(backend, messages, Judgement)
+    assert outcome.ok and outcome.attempts == 2 and "not JSON" in outcome.errors[0]
+
+    server.script = [{"text": '{"tagline": "ab"}'}]  # valid JSON, fails the schema every time
+    outcome = complete_json(backend, messages, Judgement, max_attempts=3)
+    assert not outcome.ok and outcome.attempts == 3 and len(outcome.raw) == 3
+    assert all(error.startswith("schema: tagline") for error in outcome.errors)
+
+
+# ------------------------------------------------------------------ backend: timeouts, errors, concurrency
+
+def test_backend_timeout_is_retried_then_raised(server):
+    server.script = [{"sleep": 1.5, "text": "late"}]
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=0.3, max_retries=1, backoff_s=0.05)
+    with pytest.raises(BackendError) as error:
+        backend.chat(ChatRequest([{"role": "user", "content": "hi"}]))
+    assert error.value.kind == "timeout"
+    assert server.hits == 2 and backend.stats.retries == 1 and backend.stats.failures == 1
+
+
+def test_backend_retries_server_errors_not_client_errors(server):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=5, max_retries=2, backoff_s=0.01)
+    server.script = [{"status": 500, "raw": b"{}"}, {"status": 503, "raw": b"{}"}, {"text": "fine"}]
+    assert backend.chat(ChatRequest([{"role": "user", "content": "hi"}])).text == "fine"
+    assert backend.stats.retries == 2
+    server.script, server.hits = [{"status": 400, "raw": b"{}"}], 0
+    with pytest.raises(BackendError) as error:
+        backend.chat(ChatRequest([{"role": "user", "content": "hi"}]))
+    assert error.value.kind == "http" and server.hits == 1
+
+
+def test_backend_rejects_a_body_that_is_not_a_completion(server):
+    server.script = [{"raw": b"<html>proxy error</html>"}]
+    backend = OpenAIChatBackend(server.base_url, "scripted", max_retries=0)
+    with pytest.raises(BackendError) as error:
+        backend.chat(ChatRequest([{"role": "user", "content": "hi"}]))
+    assert error.value.kind == "malformed"
+
+
+def test_backend_connection_refused():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    backend = OpenAIChatBackend(f"http://127.0.0.1:{port}/v1", "none", timeout_s=1, max_retries=1, backoff_s=0.01)
+    with pytest.raises(BackendError) as error:
+        backend.chat(ChatRequest([{"role": "user", "content": "hi"}]))
+    assert error.value.kind == "connection"
+
+
+def test_backend_bounds_requests_in_flight(server):
+    server.script = [{"sleep": 0.15, "text": "ok"}]
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=5, max_concurrency=2)
+    threads = [threading.Thread(target=backend.chat, args=(ChatRequest([{"role": "user", "content": "x"}]),))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert server.hits == 6 and server.max_in_flight == 2
+
+
+# ------------------------------------------------------------------ schema and rules
+
+def good_record(**changes) -> dict:
+    record = {"item_id": "1", "category_path": ["film", "comedy"], "audience": ["children"], "moods": ["funny"],
+              "occasions": ["family movie night"], "intents": ["Funny Animated Film!", "family movie night",
+                                                               "1990s comedy"],
+              "rationale": "genres", "evidence_ids": ["E1", "E3"]}
+    record.update(changes)
+    return record
+
+
+def test_schema_normalises_and_validates():
+    record = KnowledgeRecord.model_validate(good_record())
+    assert record.schema_version == "1" and record.intents[0] == "funny animated film"
+    for bad in (good_record(intents=["one", "two"]), good_record(moods=["grumpy"]),
+                good_record(evidence_ids=["fact-1"]), good_record(extra_field=1), good_record(audience=[])):
+        with pytest.raises(ValueError):
+            KnowledgeRecord.model_validate(bad)
+
+
+def test_rules_decide_what_the_genres_say():
+    assert check_choice("audience", "children", ["Horror", "Sci-Fi"]).status == CONTRADICTED
+    assert check_choice("audience", "children", ["Animation", "Comedy"]).status == SUPPORTED
+    assert check_choice("moods", "scary", ["Comedy"]).status == CONTRADICTED
+    assert check_choice("occasions", "holiday season", ["Comedy"], "Miracle on 34th Street").status == SUPPORTED
+    assert check_tagline("a horror story in a house", ["Comedy"], "Home Alone").status == CONTRADICTED
+    assert check_tagline("Toy Story", ["Comedy"], "Toy Story").status == CONTRADICTED
+    assert check_tagline("toys come alive when nobody watches", ["Comedy"], "Toy Story").status != CONTRADICTED
+
+
+def test_verifier_rejects_what_the_evidence_contradicts(server, evidence):
+    """The model (scripted) insists on 'children' and 'scary': for Alien (Horror) the audience is vetoed,
+    for Toy Story (Children's, Comedy) the mood is; both rejections are recorded with their reason."""
+    server.script = [{"top": {" children": -0.1, " scary": -0.3, " late": -0.5, " adults": -2.0, " funny": -2.5,
+                              " family": -2.0}}]
+    agents = Agents(OpenAIChatBackend(server.base_url, "scripted"), Prompts.load("v2"))
+    alien = agents.run(evidence["183"])
+    assert "Horror" in evidence["183"].genres
+    assert alien.record is not None and "children" not in alien.record["audience"]
+    assert any(r["field"] == "audience" and r["option"] == "children" and "Horror" in r["reason"]
+               for r in alien.rejections)
+    assert alien.top_status["audience"] == CONTRADICTED and not alien.verified
+    toy = agents.run(evidence["1"])
+    assert "scary" not in toy.record["moods"] and toy.record["audience"] == ["children"]
+    assert any(r["option"] == "scary" for r in toy.rejections)
+
+
+# ------------------------------------------------------------------ the batch job: failures, cache, resume
+
+def test_build_records_failures_then_resumes_from_cache(server, tmp_path):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    cfg = BuildConfig(items=["1", "2", "183"])
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}] * 3 + [{"status": 500, "raw": b"{}"}]
+    first = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    assert first.counts["failed"] == 3 and first.counts["built"] == 0  # priors came through, items did not
+    failures = read_jsonl(first.path / "failures.jsonl")
+    assert {f["item_id"] for f in failures} == {"1", "2", "183"} and all(f["stage"] == "backend" for f in failures)
+
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    second = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    assert second.counts["built"] == 3 and second.counts["failed"] == 0
+    records = read_jsonl(second.path / "records.jsonl")
+    assert {r["item_id"] for r in records} == {"1", "2", "183"}
+    assert (tmp_path / "art" / "knowledge" / "ml-100k" / "LATEST").read_text() == second.version
+
+    hits = server.hits
+    third = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    assert server.hits == hits and third.counts["built"] == 3  # everything from the cache: no model call
+    provenance = json.loads((third.path / "provenance.json").read_text())
+    assert provenance["cached_items"] == 3 and provenance["prompt_version"].startswith("v2-")
+
+
+# ------------------------------------------------------------------ embeddings and the intent index
+
+def test_embeddings_artifact_alignment(tmp_path):
+    ids = ["10", "20", "30"]
+    vectors = l2_normalise(np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32))
+    version = save_embeddings("ml-100k", ids, ["a", "b", "c"], vectors, {"source": "test"}, tmp_path)
+    matrix, loaded = load_item_embeddings("ml-100k", ["30", "10"], root=tmp_path)
+    assert loaded == version and matrix.dtype == np.float32 and matrix.shape == (2, 384)
+    np.testing.assert_allclose(matrix, vectors[[2, 0]], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(KeyError, match="99"):
+        load_item_embeddings("ml-100k", ["10", "99"], root=tmp_path)
+
+
+def test_text_encoder_shapes_and_determinism():
+    from inference.knowledge.embeddings import TextEncoder
+
+    encoder = TextEncoder()
+    texts = ["Toy Story (1995) Genres: Animation, Children's, Comedy.", "Alien (1979) Genres: Horror, Sci-Fi."]
+    first, second = encoder.encode(texts), encoder.encode(list(reversed(texts)))
+    assert first.shape == (2, 384) and first.dtype == np.float32
+    np.testing.assert_allclose(first, second[::-1], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def fake_encode(texts):
+    rows = [np.random.default_rng(sum(map(ord, t))).normal(size=8) for t in texts]
+    return np.array(rows, dtype=np.float32)
+
+
+def test_intent_index_composes_by_recency_without_network(monkeypatch):
+    records = {"a": {"intents": ["funny comedy", "family movie night", "1990s comedy"]},
+               "b": {"intents": ["scary horror movie", "late night", "1980s horror movie"]},
+               "c": {"intents": ["scary horror movie", "late night", "movie for adults"]}}
+    index = IntentIndex.from_records(records, fake_encode)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("intent composition must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    recent_horror = index.compose(["a", "b", "c", "unknown"], top=3)
+    assert recent_horror.intents[:2] == ["late night", "scary horror movie"] or \
+        recent_horror.intents[:2] == ["scary horror movie", "late night"]
+    assert abs(sum(recent_horror.weights) - 1) < 1e-6 and abs(np.linalg.norm(recent_horror.vector) - 1) < 1e-5
+    recent_comedy = index.compose(["b", "a"], top=1, decay=0.1)
+    assert recent_comedy.intents[0] in records["a"]["intents"]
+    empty = index.compose(["unknown"])
+    assert empty.intents == [] and not empty.vector.any()
+    assert sorted(index.items_for("late night")) == ["b", "c"]
+
+
+def test_intent_index_round_trips(tmp_path):
+    index = IntentIndex.from_records({"a": {"intents": ["x y", "y z", "z w"]}}, fake_encode)
+    index.save(tmp_path)
+    loaded = IntentIndex.load(tmp_path)
+    assert loaded.intents_of("a") == ["x y", "y z", "z w"]
+    np.testing.assert_allclose(loaded.compose(["a"]).vector, index.compose(["a"]).vector)
+
+
+# ------------------------------------------------------------------ the ranker's knowledge fusion
+
+@pytest.mark.parametrize("mode", ["add", "gate"])
+def test_ranker_fusion_alignment_and_cold_items(mode):
+    torch.manual_seed(0)
+    side = torch.randn(31, 6)
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, dropout=0.0, side_dim=6, side_mode=mode,
+                       align_weight=0.5)
+    model = SequentialRanker(cfg, side, cold_items=torch.tensor([3, 4]))
+    table = model.item_table()
+    assert table.shape == (31, 16)
+    torch.testing.assert_close(table[3], model.side_proj(model.side)[3])  # cold: knowledge alone
+    inputs, targets = torch.randint(1, 31, (4, 8)), torch.randint(1, 31, (4, 8))
+    plain = SequentialRanker(RankerConfig(**{**cfg.to_dict(), "align_weight": 0.0}), side)
+    plain.load_state_dict(model.state_dict())
+    assert model.loss(inputs, targets) > plain.loss(inputs, targets)  # the alignment term is on
+    reloaded = SequentialRanker(cfg, model.state_dict()["side"])
+    reloaded.load_state_dict(model.state_dict())
+    assert bool(reloaded.cold[3]) and not bool(reloaded.cold[5])
+    with pytest.raises(ValueError):
+        SequentialRanker(RankerConfig(num_items=30, side_dim=6, side_mode="concat"), side)
