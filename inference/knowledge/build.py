@@ -59,6 +59,7 @@ class BuildConfig:
     llm_verifier: bool = True
     tagline: bool = False
     reask: bool = False
+    cached_only: bool = False  # write an artifact from what the cache holds (no model calls): partial progress
     snapshot_every: int = 50  # items between progress snapshots (progress.json)
 
 
@@ -116,6 +117,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     agents = Agents(backend, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
     prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]
     priors = store.get(prior_key)
+    if priors is None and cfg.cached_only:
+        priors = {}
     if priors is None:
         priors = agents.calibrate()
         store.put(prior_key, priors)
@@ -129,6 +132,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         if hit is not None:
             cached += 1
             results.append(hit)
+        elif cfg.cached_only:
+            continue
         else:
             result = agents.run(evidence[item_id], with_tagline=cfg.tagline)
             row = result.to_dict()
@@ -161,6 +166,30 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "completion_tokens_per_second": round(completion / seconds, 1) if seconds else 0.0}
 
 
+def model_report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the model got wrong: per field, the rule verdict on its unconstrained top pick, how often no
+    option appeared among its top tokens, and which options it picked most."""
+    report: dict[str, Any] = {}
+    for name in ("audience", "moods", "occasions"):
+        verdicts: dict[str, int] = {}
+        picks: dict[str, int] = {}
+        marker = f"reasoner: {name}: no option"
+        no_token = 0
+        for r in results:
+            if any(line.startswith(marker) for line in r["trace"]):
+                no_token += 1  # the model named none of the options: no pick to judge
+                continue
+            status = (r.get("top_status") or {}).get(name)
+            if status:
+                verdicts[status] = verdicts.get(status, 0) + 1
+            ranking = (r.get("choices") or {}).get(name)
+            if ranking:
+                picks[ranking[0][0]] = picks.get(ranking[0][0], 0) + 1
+        report[name] = {"top_pick_verdicts": verdicts, "no_option_token": no_token,
+                        "top_picks": dict(sorted(picks.items(), key=lambda kv: -kv[1])[:6])}
+    return report
+
+
 def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Prompts, backend: LLMBackend,
                     evidence: dict[str, Evidence], results: list[dict[str, Any]], cached: int, wall: float,
                     root: Path | None) -> BuildSummary:
@@ -180,6 +209,7 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
         "prompt_version": prompts.version, "model": backend.model, "backend": type(backend).__name__,
         "kg_link_audit": audit, "config": {k: v for k, v in vars(cfg).items() if k != "items"},
         "counts": counts, "cached_items": cached, "wall_seconds": round(wall, 1),
+        "model_report": model_report(results),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     version = publish(path)

@@ -31,6 +31,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        "(default: re-rank its first answer without rejected options)")
     build.add_argument("--tagline", action="store_true", help="also ask for a free-text tagline (schema-"
                        "constrained JSON; SmolLM2-135M mostly repeats the title or invents one)")
+    build.add_argument("--cached-only", action="store_true", help="no model: write an artifact from the items "
+                       "the cache already holds (progress of a running or interrupted build)")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
@@ -75,14 +77,16 @@ def _build(args: argparse.Namespace) -> int:
 
     from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
     from inference.knowledge.build import BuildConfig, build_knowledge, print_examples
-    from inference.knowledge.llama_server import LlamaServer, ServerConfig
+    from inference.knowledge.llama_server import MODEL_NAME, LlamaServer, ServerConfig
     from ranking.paths import cache_dir
 
     cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
-                      tagline=args.tagline, reask=args.reask)
+                      tagline=args.tagline, reask=args.reask, cached_only=args.cached_only)
     with contextlib.ExitStack() as stack:
         if args.backend == "vllm":
             backend = VLLMOfflineBackend(args.model or "HuggingFaceTB/SmolLM2-135M-Instruct")
+        elif args.cached_only:
+            backend = OpenAIChatBackend("http://127.0.0.1:9/v1", args.model or MODEL_NAME, max_retries=0)
         elif args.base_url:
             backend = OpenAIChatBackend(args.base_url, args.model or "default", timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
@@ -94,7 +98,9 @@ def _build(args: argparse.Namespace) -> int:
             backend = OpenAIChatBackend(server.base_url, server.model, timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
         summary = build_knowledge(backend, cfg, data_dir=args.data_dir, progress=not args.quiet)
+    provenance = json.loads((summary.path / "provenance.json").read_text())
     print(json.dumps({"version": summary.version, "path": str(summary.path), **summary.counts,
-                      "wall_seconds": round(summary.wall_seconds, 1)}, indent=2))
+                      "wall_seconds": round(summary.wall_seconds, 1), "model_report": provenance["model_report"]},
+                     indent=2))
     print_examples(summary.path, args.examples)
     return 0
