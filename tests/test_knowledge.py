@@ -335,3 +335,47 @@ def test_ranker_fusion_alignment_and_cold_items(mode):
     assert bool(reloaded.cold[3]) and not bool(reloaded.cold[5])
     with pytest.raises(ValueError):
         SequentialRanker(RankerConfig(num_items=30, side_dim=6, side_mode="concat"), side)
+
+
+def test_vllm_offline_backend_with_a_mock_engine(monkeypatch):
+    """vllm is not installable here: a MOCK `vllm` module stands in to check the adapter's mapping."""
+    import sys
+    import types
+
+    calls = {}
+
+    class MockLLM:
+        def __init__(self, model, **kwargs):
+            calls["model"] = model
+
+        def chat(self, messages, params, use_tqdm=False):
+            calls["chat"] = (messages, params)
+            return [self._output()]
+
+        def generate(self, prompts, params, use_tqdm=False):
+            calls["generate"] = (prompts, params)
+            return [self._output()]
+
+        @staticmethod
+        def _output():
+            step = {7: types.SimpleNamespace(decoded_token=" children", logprob=-0.1)}
+            completion = types.SimpleNamespace(text='{"tagline": "x y z"}', logprobs=[step], token_ids=[7],
+                                               finish_reason="stop")
+            return types.SimpleNamespace(outputs=[completion], prompt_token_ids=[1, 2, 3])
+
+    mock = types.ModuleType("vllm")
+    mock.LLM = MockLLM
+    mock.SamplingParams = lambda **kwargs: kwargs
+    guided = types.ModuleType("vllm.sampling_params")
+    guided.GuidedDecodingParams = lambda json: {"json": json}
+    monkeypatch.setitem(sys.modules, "vllm", mock)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", guided)
+    from inference.knowledge.backends import VLLMOfflineBackend
+
+    backend = VLLMOfflineBackend("some/model")
+    result = backend.chat(ChatRequest([{"role": "user", "content": "hi"}], json_schema={"type": "object"},
+                                      top_logprobs=5))
+    assert calls["model"] == "some/model" and calls["chat"][1]["guided_decoding"] == {"json": {"type": "object"}}
+    assert result.top_logprobs == [{" children": -0.1}] and result.prompt_tokens == 3
+    backend.chat(ChatRequest([], prompt="raw", max_tokens=1))
+    assert calls["generate"][0] == ["raw"]
