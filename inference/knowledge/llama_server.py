@@ -64,9 +64,11 @@ def fetch_model() -> Path:
 
 
 def _child_setup(nice: int) -> None:
-    """In the server process: lower its priority, and die with its parent (Linux PR_SET_PDEATHSIG)."""
-    if nice:
-        os.nice(nice)
+    """In the server process: niceness at least `nice` (absolute, not added to the parent's), and die with
+    its parent (Linux PR_SET_PDEATHSIG)."""
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
     try:
         import ctypes
         import signal
@@ -84,7 +86,7 @@ def free_port() -> int:
 
 @dataclass
 class ServerConfig:
-    """How the local server runs: one thread by default (2 shared cores), small context, nice'd."""
+    """How the local server runs: one thread by default (2 shared cores), small context, niceness ≥ 10."""
 
     n_threads: int = 1
     n_ctx: int = 1024
