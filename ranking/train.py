@@ -87,13 +87,14 @@ def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarr
         extra_batch = None
         if extra is not None and model.cfg.extra_len:
             extra_batch = left_pad([extra.get(u, []) for u in users], model.cfg.extra_len).to(device)
-        with _autocast(device):
+        with autocast_for(device):
             return model.score_last(batch, extra_batch).float()
 
     return score
 
 
-def _autocast(device: str):
+def autocast_for(device: str):
+    """bf16 autocast on CUDA, nothing on the CPU."""
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -139,7 +140,7 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
             extra_batch = None
             if extra is not None and model_cfg.extra_len:
                 extra_batch = left_pad([extra.get(owners[i], []) for i in idx], model_cfg.extra_len).to(device)
-            with _autocast(device):
+            with autocast_for(device):
                 loss = model.loss(inputs, targets, extra_batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

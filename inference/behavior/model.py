@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ranking.model import Block, SequentialRanker
+
 # (keys, values) of one layer for the history: (B, heads, H, head_dim) each
 LayerCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -51,21 +53,11 @@ class HistoryCache:
     valid: torch.Tensor  # (B, H) bool
 
 
-class DiffusionBlock(nn.Module):
-    """Pre-norm bidirectional block whose attention can prepend cached keys/values."""
+class DiffusionBlock(Block):
+    """The ranker's pre-norm block (same layers), whose attention can prepend cached keys/values."""
 
-    def __init__(self, cfg: BehaviorConfig) -> None:
-        super().__init__()
-        self.heads = cfg.heads
-        self.norm1 = nn.LayerNorm(cfg.dim)
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
-        self.proj = nn.Linear(cfg.dim, cfg.dim)
-        self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, past: LayerCache | None = None
-                ) -> tuple[torch.Tensor, LayerCache]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
+                past: LayerCache | None = None) -> tuple[torch.Tensor, LayerCache]:
         """x (B, T, d); mask (B, T, P+T) over [past keys, own keys]. Returns x and this call's own (k, v)."""
         batch, length, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(dim, dim=2)
@@ -87,16 +79,9 @@ class DiffusionBehaviorModel(nn.Module):
         self.slot_pos = nn.Embedding(cfg.slots, cfg.dim)
         self.segment = nn.Embedding(2, cfg.dim)
         self.emb_dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(DiffusionBlock(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(DiffusionBlock(cfg) for _ in range(cfg.layers))  # type: ignore[arg-type]
         self.norm = nn.LayerNorm(cfg.dim)
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(SequentialRanker._init)
 
     def init_items_from(self, vectors: torch.Tensor) -> None:
         """Start item tokens from knowledge vectors (N+1, k), row 0 = padding: their top principal

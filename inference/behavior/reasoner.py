@@ -17,6 +17,7 @@ import torch
 from inference.behavior.model import DiffusionBehaviorModel
 from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
 from ranking.artifacts import load_artifact, resolve_artifact
+from ranking.train import autocast_for
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,10 @@ class BehaviorReasoner:
         if not usable:
             return results
         batch = encode_histories([histories[row] for row in usable], self.model.cfg.max_history).to(self.device)
-        with torch.no_grad(), _autocast(self.device):
+        with torch.no_grad(), autocast_for(self.device):
             items, confidence = sample_cached(self.model, batch, sampling)
         for out_row, row in enumerate(usable):
             results[row] = {"user_id": users[row].get("user_id"),
                             "items": [self.item_ids[i - 1] for i in items[out_row].tolist()],
                             "confidence": [round(c, 5) for c in confidence[out_row].float().tolist()]}
         return results
-
-
-def _autocast(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)

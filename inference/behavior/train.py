@@ -25,7 +25,7 @@ from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel, dif
 from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
 from ranking.artifacts import Artifact, save_artifact
 from ranking.splits import SequenceData
-from ranking.train import pick_device, seed_everything
+from ranking.train import autocast_for, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -119,7 +119,7 @@ def infer_items(model: DiffusionBehaviorModel, histories: Sequence[Sequence[int]
     out: list[list[int]] = []
     for start in range(0, len(histories), batch_size):
         batch = encode_histories(histories[start:start + batch_size], model.cfg.max_history).to(device)
-        with _autocast(device):
+        with autocast_for(device):
             items, _ = sample_cached(model, batch, cfg)
         out.extend(items.tolist())
     return out
@@ -136,12 +136,6 @@ def holdout_recall(model: DiffusionBehaviorModel, data: SequenceData, users: Seq
         if held:
             recalls.append(len(held & set(items)) / min(len(held), len(items)))
     return float(np.mean(recalls)) if recalls else 0.0
-
-
-def _autocast(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 def train_behavior(data: SequenceData, cfg: BehaviorTrainConfig, knowledge: torch.Tensor | None = None,
@@ -183,7 +177,7 @@ def train_behavior(data: SequenceData, cfg: BehaviorTrainConfig, knowledge: torc
         total, count = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            with _autocast(device):
+            with autocast_for(device):
                 loss = diffusion_loss(model, hist[idx].to(device), tgt[idx].to(device), generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
