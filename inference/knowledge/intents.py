@@ -42,6 +42,10 @@ class IntentIndex:
         lengths = np.array([len(item_intents[i]) for i in self.item_ids], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.flat = np.array([k for i in self.item_ids for k in item_intents[i]], dtype=np.int64)
+        # (items, max intents) padded with -1: one fancy-indexing step per user, no Python loop
+        self.table = np.full((len(self.item_ids), max(1, int(lengths.max(initial=0)))), -1, dtype=np.int64)
+        for row, item in enumerate(self.item_ids):
+            self.table[row, : len(item_intents[item])] = item_intents[item]
         self.items_of: dict[int, list[str]] = {}
         for item in self.item_ids:
             for k in item_intents[item]:
@@ -79,11 +83,11 @@ class IntentIndex:
         rows = rows[rows >= 0]
         if rows.size == 0:
             return UserIntent([], [], np.zeros(self.vectors.shape[1], dtype=np.float32))
-        recency = decay ** np.arange(rows.size - 1, -1, -1, dtype=np.float32)
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        counts = ends - starts
-        intents = np.concatenate([self.flat[s:e] for s, e in zip(starts, ends, strict=True)])
-        scores = np.bincount(intents, weights=np.repeat(recency, counts), minlength=len(self.phrases))
+        recency = decay ** np.arange(rows.size - 1, -1, -1, dtype=np.float64)
+        intents = self.table[rows]
+        valid = intents >= 0
+        weights = np.broadcast_to(recency[:, None], intents.shape)[valid]
+        scores = np.bincount(intents[valid], weights=weights, minlength=len(self.phrases))
         k = min(top, int((scores > 0).sum()))
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]
@@ -95,7 +99,8 @@ class IntentIndex:
 
     def compose(self, recent_items: Sequence[str], top: int = 5, decay: float = 0.9) -> UserIntent:
         """A user's intent from their recent item ids (oldest first); unknown items are skipped."""
-        rows = np.fromiter((self.row_of.get(str(i), -1) for i in recent_items), dtype=np.int64)
+        get = self.row_of.get
+        rows = np.array([get(i if isinstance(i, str) else str(i), -1) for i in recent_items], dtype=np.int64)
         return self.compose_rows(rows, top, decay)
 
     def items_for(self, intent: str) -> list[str]:
