@@ -150,16 +150,26 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
                            root)
 
 
+def model_rejections(result: dict[str, Any]) -> list[dict[str, str]]:
+    """Rejections of what the model actually said: a field where it named no option (uniform ranking)
+    has its default order vetoed too, which is not the model's mistake and is not counted here."""
+    silent = {name for name in ("audience", "moods", "occasions")
+              if any(line.startswith(f"reasoner: {name}: no option") for line in result["trace"])}
+    return [r for r in result["rejections"] if r["field"] not in silent]
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts and cost of a build's per-item results (cached ones included)."""
     built = [r for r in results if r["record"]]
     tokens = sum(r["completion_tokens"] + r["prompt_tokens"] for r in results)
     completion = sum(r["completion_tokens"] for r in results)
     seconds = sum(r["seconds"] for r in results)
-    return {"items": len(results), "built": len(built), "verified": sum(1 for r in built if r["verified"]),
-            "repaired": sum(1 for r in built if r["repaired"]), "failed": len(results) - len(built),
+    repaired = [r for r in built if model_rejections(r) or any("JSON repaired" in line for line in r["trace"])]
+    return {"items": len(results), "built": len(built), "verified": len(built) - len(repaired),
+            "repaired": len(repaired), "failed": len(results) - len(built),
             "field_failures": sum(len(r["failures"]) for r in built),
-            "rejections": sum(len(r["rejections"]) for r in results),
+            "rejections": sum(len(model_rejections(r)) for r in results),
+            "vetoes_of_non_answers": sum(len(r["rejections"]) - len(model_rejections(r)) for r in results),
             "llm_calls": sum(r["llm_calls"] for r in results), "prompt_tokens": tokens - completion,
             "completion_tokens": completion, "llm_seconds": round(seconds, 1),
             "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
