@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", default=None, help="knowledge-embeddings version (default LATEST)")
     parser.add_argument("--side-mode", default="gate", choices=["add", "gate"])
     parser.add_argument("--align-weight", type=float, default=0.1)
+    parser.add_argument("--id-dropout", type=float, default=0.2,
+                        help="share of items trained through their knowledge vector alone (cold-start path)")
     parser.add_argument("--cold-fraction", type=float, default=0.1)
     parser.add_argument("--config", default=None, help="ranker YAML (default: ranking/configs/ranker-<dataset>.yaml)")
     parser.add_argument("--epochs", type=int, default=None)
@@ -100,14 +102,15 @@ def ablation(data: SequenceData, cfg: TrainConfig, vectors: np.ndarray, args: ar
         base = replace(cfg, seed=seed)
         arms["ids"].append(run_arm(train_data, base, groups, None, cold, not args.quiet))
         knowledge_model = {**cfg.model, "side_dim": vectors.shape[1], "side_mode": args.side_mode,
-                           "align_weight": args.align_weight}
+                           "align_weight": args.align_weight, "id_dropout": args.id_dropout}
         arms["ids+knowledge"].append(run_arm(train_data, replace(base, model=knowledge_model), groups, side, cold,
                                              not args.quiet))
     medians = {arm: median_of(runs) for arm, runs in arms.items()}
     lift = {g: {k: (medians["ids+knowledge"][g][k] / medians["ids"][g][k] - 1) if medians["ids"][g][k] else None
                 for k in GROUP_KEYS} for g in medians["ids"]}
     return {"cold_items": len(cold), "users": {g: len(u) for g, u in groups.items()},
-            "side_mode": args.side_mode, "align_weight": args.align_weight, "median": medians,
+            "side_mode": args.side_mode, "align_weight": args.align_weight, "id_dropout": args.id_dropout,
+            "median": medians,
             "relative_lift": lift, "runs": arms}
 
 
@@ -149,8 +152,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = []
     if "ablation" in result:
         a = result["ablation"]
-        lines += [f"Ablation (median of seeds {result['seeds']}; {a['cold_items']} cold items held out; users "
-                  f"{a['users']}; knowledge fused by {a['side_mode']}, alignment weight {a['align_weight']})", "",
+        lines += [f"Ablation (median of seeds {result['seeds']}; {a['cold_items']} cold items held out; "
+                  f"users {a['users']}; knowledge fused by {a['side_mode']}, alignment weight "
+                  f"{a['align_weight']}, ID dropout {a.get('id_dropout', 0)})", "",
                   "| arm | HR@10 | NDCG@10 | tail HR@10 | tail NDCG@10 | cold HR@10 | cold NDCG@10 |",
                   "|---|---|---|---|---|---|---|"]
         for arm, m in a["median"].items():

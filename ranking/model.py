@@ -7,7 +7,8 @@ The backbone every ablation shares. Two optional inputs, off by default:
   ID embeddings on both the input and the output (tied) side: added (`side_mode="add"`) or mixed by a
   learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
   each item's ID embedding towards its projected side vector. Items in `cold_items` (never seen in
-  training) are represented by their side vector alone.
+  training) are represented by their side vector alone; `id_dropout` trains that path by hiding a random
+  share of ID embeddings at each step.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class RankerConfig:
     side_mode: str = "add"  # add | gate
     align_weight: float = 0.0
     align_temperature: float = 0.1
+    id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,11 +106,14 @@ class SequentialRanker(nn.Module):
         table = self.item_emb.weight
         if self.cfg.side_dim:
             side = self.side_proj(self.side)
-            ids = table.masked_fill(self.cold[:, None], 0.0)
+            cold = self.cold
+            if self.training and self.cfg.id_dropout:  # simulate cold items so the side path stands on its own
+                cold = cold | (torch.rand(cold.shape, device=cold.device) < self.cfg.id_dropout)
+            ids = table.masked_fill(cold[:, None], 0.0)
             if self.cfg.side_mode == "gate":
                 gate = torch.sigmoid(self.side_gate(torch.cat([ids, side], dim=1)))
                 fused = gate * ids + (1 - gate) * side
-                table = torch.where(self.cold[:, None], side, fused)
+                table = torch.where(cold[:, None], side, fused)
             else:
                 table = ids + side
         return table
