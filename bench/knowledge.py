@@ -76,8 +76,7 @@ def user_groups(data: SequenceData, cold: np.ndarray) -> dict[str, list[int]]:
 def run_arm(data: SequenceData, cfg: TrainConfig, groups: dict[str, list[int]], side: torch.Tensor | None,
             cold: np.ndarray, progress: bool) -> dict[str, Any]:
     """Train one ranker and evaluate it on every user group."""
-    result = train_ranker(data, cfg, side_embeddings=side, cold_items=cold.tolist() if side is not None else None,
-                          progress=progress)
+    result = train_ranker(data, cfg, side_embeddings=side, cold_items=cold.tolist(), progress=progress)
     scorer = model_scorer(result.model, result.device)
     metrics = {name: {k: v for k, v in evaluate(data, scorer, "test", users).items() if k in GROUP_KEYS}
                for name, users in groups.items() if users}

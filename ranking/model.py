@@ -76,6 +76,12 @@ class SequentialRanker(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.segment_emb = nn.Embedding(2, cfg.dim)
         self.emb_dropout = nn.Dropout(cfg.dropout)
+        cold = torch.zeros(cfg.num_items + 1, dtype=torch.bool)
+        if cold_items is not None:
+            cold[torch.as_tensor(cold_items, dtype=torch.long)] = True
+        # items absent at training time: never candidates in the training softmax; with side embeddings
+        # they are represented by their side vector alone (saved with the weights only then)
+        self.register_buffer("cold", cold, persistent=bool(cfg.side_dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         if cfg.side_dim:
@@ -85,10 +91,6 @@ class SequentialRanker(nn.Module):
             if cfg.side_mode not in ("add", "gate"):
                 raise ValueError(f"side_mode must be 'add' or 'gate', not {cfg.side_mode!r}")
             self.register_buffer("side", side_embeddings.float().clone())
-            cold = torch.zeros(cfg.num_items + 1, dtype=torch.bool)
-            if cold_items is not None:
-                cold[torch.as_tensor(cold_items, dtype=torch.long)] = True
-            self.register_buffer("cold", cold)
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
             if cfg.side_mode == "gate":
                 self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
@@ -166,8 +168,10 @@ class SequentialRanker(nn.Module):
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Full-softmax cross-entropy of the next item, over positions with a target (not padding)."""
         hidden = self.encode(inputs, extra)
-        keep = targets != 0
+        keep = (targets != 0) & ~self.cold[targets]  # a cold item is never a training target
         logits = hidden[keep] @ self.item_table().T
+        if self.training and self.cold.any():
+            logits = logits.masked_fill(self.cold, float("-inf"))
         loss = F.cross_entropy(logits.float(), targets[keep])
         if self.cfg.side_dim and self.cfg.align_weight:
             loss = loss + self.cfg.align_weight * self.alignment_loss(targets[keep])
