@@ -36,6 +36,7 @@ class PipelineOptions:
     settle_timeout_s: float = 120.0
     show_users: int = 3
     metrics_port: int | None = None  # Flink's Prometheus reporter; None = off
+    linger_s: float = 0.0  # keep everything running this long after the last score (lets scrapers catch up)
     behavior_artifact: str | None = None  # serve the BehaviorReasoner too; the job refreshes inferences nearline
     job_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +122,7 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
                     if stats.scores + stats.dead_letters >= len(events) or time.monotonic() > deadline:
                         break
             print(file=out)
+            time.sleep(opts.linger_s)
         finally:
             job.stop()
             monitor.stop()
