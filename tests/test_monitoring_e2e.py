@@ -57,7 +57,8 @@ def test_prometheus_scrapes_the_pipeline_and_rules_evaluate(tmp_path, ml100k_seq
     artifact = train_and_save(ml100k_sequences, TINY_RANKER, progress=False, root=tmp_path / "artifacts").artifact
     flink_port = free_port()
     opts = PipelineOptions(artifact=str(artifact.path), rate=200.0, limit=EVENTS, work_dir=tmp_path / "work",
-                           metrics_port=flink_port, show_users=0, linger_s=4.0)
+                           metrics_port=flink_port, show_users=0,
+                           linger_s=12.0)  # Ray exports every ~10 s: rates over its histograms need two samples
     output = io.StringIO()
     result: dict = {}
     runner = threading.Thread(target=lambda: result.update(run_pipeline(opts, out=output)), daemon=True)
