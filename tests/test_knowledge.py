@@ -171,7 +171,7 @@ def test_backend_connection_refused():
 
 
 def test_backend_bounds_requests_in_flight(server):
-    server.script = [{"sleep": 0.15, "text": "ok"}]
+    server.script = [{"sleep": 0.5, "text": "ok"}]
     backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=5, max_concurrency=2)
     threads = [threading.Thread(target=backend.chat, args=(ChatRequest([{"role": "user", "content": "x"}]),))
                for _ in range(6)]
