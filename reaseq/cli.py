@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")
     demo.add_argument("--no-behavior", action="store_true",
                       help="skip the behaviour model (the ranker then reads the log alone)")
+    demo.add_argument("--stream-behavior", action="store_true",
+                      help="also serve the behaviour model and refresh inferences nearline in the stream (off by "
+                           "default: on 2 CPU cores the pipeline then falls far behind 500 events/s)")
     demo.add_argument("--behavior-seconds", type=float, default=150.0,
                       help="time budget of the behaviour model's training (default 150 s)")
     return parser
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)  # "group_id is None" every poll
     for noisy in ("kafka", "ray", "py4j"):  # their INFO lines would drown the progress line
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from ranking.config import ConfigError
@@ -419,10 +423,12 @@ def _demo(args: argparse.Namespace) -> int:
 
         print(f"\n[{next(step)}/{steps}] streaming: replay the ratings at {args.rate:.0f} events/s through Kafka → "
               f"PyFlink → Ray Serve (ranker {artifact.version}"
-              f"{', behaviour ' + behavior_path.name if behavior_path else ''}) → Kafka, {args.mode} mode")
+              f"{', behaviour ' + behavior_path.name if behavior_path and args.stream_behavior else ''}) → Kafka, "
+              f"{args.mode} mode")
         run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit, mode=args.mode,
                                      metrics_port=free_port(),
-                                     behavior_artifact=str(behavior_path) if behavior_path else None))
+                                     behavior_artifact=str(behavior_path)
+                                     if behavior_path and args.stream_behavior else None))
     print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
     return 0
 
