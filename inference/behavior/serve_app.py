@@ -14,6 +14,7 @@ from ray import serve
 from starlette.requests import Request
 
 from inference.behavior.reasoner import BehaviorReasoner
+from inference.serve.protocol import USERS_ERROR, split_results, users_of
 
 
 @serve.deployment(name="BehaviorReasoner", max_ongoing_requests=64, health_check_period_s=5)
@@ -34,17 +35,13 @@ class BehaviorReasonerDeployment:
         flat = [user for users in requests for user in users]
         results = self.reasoner.infer(flat, self.sampling) if flat else []
         self._metrics.observe(len(flat), time.perf_counter() - started)
-        out, start = [], 0
-        for users in requests:
-            out.append(results[start:start + len(users)])
-            start += len(users)
-        return out
+        return split_results(requests, results)
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         body = await request.json()
-        users = body.get("users") if isinstance(body, dict) else None
-        if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
-            return {"error": "body must be {\"users\": [{\"user_id\": ..., \"recent_items\": [...]}, ...]}"}
+        users = users_of(body)
+        if users is None:
+            return {"error": USERS_ERROR}
         return {"model_version": self.reasoner.version, "results": await self.infer_batch(users)}
 
     def check_health(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from ray import serve
 from starlette.requests import Request
 
+from inference.serve.protocol import USERS_ERROR, split_results, users_of
 from inference.serve.scoring import LoadedRanker, score_users
 
 
@@ -34,17 +35,13 @@ class Ranker:
         flat = [user for users in requests for user in users]
         results = score_users(self.ranker, flat, self.top_k) if flat else []
         self._metrics.observe(len(requests), len(flat), time.perf_counter() - started)
-        out, start = [], 0
-        for users in requests:
-            out.append(results[start:start + len(users)])
-            start += len(users)
-        return out
+        return split_results(requests, results)
 
     async def __call__(self, request: Request) -> dict[str, Any]:
         body = await request.json()
-        users = body.get("users") if isinstance(body, dict) else None
-        if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
-            return {"error": "body must be {\"users\": [{\"user_id\": ..., \"recent_items\": [...]}, ...]}"}
+        users = users_of(body)
+        if users is None:
+            return {"error": USERS_ERROR}
         top_k = int(body.get("top_k") or self.top_k)
         results = await self.score_batch(users)
         if top_k < self.top_k:
