@@ -6,10 +6,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # llama-cpp-python has no Linux wheel on PyPI: build it once (library only, no llava/tools/examples/tests),
-# keep the wheel here, and install from it afterwards.
-WHEELS ?= $(HOME)/.cache/reaseq/wheels
+# keep the wheel in a cache folder keyed by its version and build flags, and install from it afterwards.
+# GGML_NATIVE=OFF: a -march=native build segfaults on Intel AMX CPUs (GCC 12 miscompiles the AMX
+# tile-config load), and a wheel built on one machine must run on any x86-64 CI machine (AVX2 baseline).
 LLAMA_CPP := llama-cpp-python==0.3.36
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_CPP)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+WHEELS ?= $(HOME)/.cache/reaseq/wheels/llama-$(LLAMA_KEY)
 
 .PHONY: setup demo test lint clean jvm tools
 
@@ -18,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { echo "building $(LLAMA_CPP) once into $(WHEELS)"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(PY) -m pip wheel -q --disable-pip-version-check --no-deps $(LLAMA_CPP) -w $(WHEELS); }
+	  $(PY) -m pip wheel -q --disable-pip-version-check --no-cache-dir --no-deps $(LLAMA_CPP) -w $(WHEELS); }
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt --find-links $(WHEELS) -e '.[dev]'
 	@touch $(STAMP)
 

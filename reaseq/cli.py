@@ -425,12 +425,24 @@ def _demo(args: argparse.Namespace) -> int:
               f"PyFlink → Ray Serve (ranker {artifact.version}"
               f"{', behaviour ' + behavior_path.name if behavior_path and args.stream_behavior else ''}) → Kafka, "
               f"{args.mode} mode")
-        run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit, mode=args.mode,
-                                     metrics_port=free_port(),
-                                     behavior_artifact=str(behavior_path)
-                                     if behavior_path and args.stream_behavior else None))
+        summary = run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit,
+                                               mode=args.mode, metrics_port=free_port(),
+                                               behavior_artifact=str(behavior_path)
+                                               if behavior_path and args.stream_behavior else None))
+        if _pipeline_failed(summary):
+            return 1
     print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
     return 0
+
+
+def _pipeline_failed(summary: dict) -> bool:
+    """Report a run that lost events or whose replay failed (exit status 1 follows)."""
+    from streaming.runner import incomplete
+
+    problem = incomplete(summary)
+    if problem:
+        print(f"reaseq: error: the pipeline run is incomplete: {problem}", file=sys.stderr)
+    return problem is not None
 
 
 def _demo_behavior(args: argparse.Namespace, data, titles: dict[str, str], step: str):
@@ -457,10 +469,10 @@ def _stream(args: argparse.Namespace) -> int:
     if args.stream_command == "run":
         from streaming.runner import PipelineOptions, run_pipeline
 
-        run_pipeline(PipelineOptions(artifact=args.artifact, rate=args.rate, limit=args.limit, mode=args.mode,
-                                     bootstrap_servers=args.bootstrap_servers,
-                                     checkpoint_interval_ms=args.checkpoint_interval_ms))
-        return 0
+        summary = run_pipeline(PipelineOptions(artifact=args.artifact, rate=args.rate, limit=args.limit,
+                                               mode=args.mode, bootstrap_servers=args.bootstrap_servers,
+                                               checkpoint_interval_ms=args.checkpoint_interval_ms))
+        return 1 if _pipeline_failed(summary) else 0
     if args.stream_command == "kafka":
         from streaming.kafka_broker import EmbeddedKafka
         from streaming.topics import TopicsConfig, ensure_topics

@@ -7,7 +7,9 @@ Graph (thread mode, one Python stage before and one after the shuffle):
     → keyBy(shard of user_id)
     → UserScoring (KeyedProcessFunction): per-user state in MapState (user → state, TTL), the
       pending score requests of the shard in ListState, flushed to the Ranker by size or time;
-      a failed call keeps them and retries later, so a timeout never loses an event
+      a failed call keeps them and retries with backoff while Serve is down, and isolates the
+      users Serve will not score into dead letters (streaming/scoring.py): no event is lost, no
+      input stops the job, and a shard never blocks for good
     → one KafkaSink for reaseq.user-state, reaseq.user-scores and reaseq.dead-letter
       (EXACTLY_ONCE with a transactional id prefix, or AT_LEAST_ONCE in low-latency mode).
 
@@ -28,13 +30,12 @@ from typing import Any
 
 from monitoring import metrics as names
 from streaming.behavior import RefreshPolicy, behavior_request, events_since_inference, needs_refresh, with_inference
-from streaming.events import REASONS, DeadLetter, Event, parse_event
-from streaming.scoring import PendingScore, coalesce, coalesced_score_records, ranker_request
+from streaming.events import REASONS, UNSCORABLE, DeadLetter, Event, dead_letter_key, parse_event
+from streaming.scoring import PendingScore, RetryPolicy, ranker_request, score_pending, unscorable_letter
 from streaming.state import DEFAULT_MAX_RECENT, UserState, apply_event
 from streaming.topics import TopicsConfig
 
 MODES = ("transactional", "low-latency")
-DESIGNS = ("thread-batched", "async-io")
 
 
 @dataclass
@@ -55,9 +56,16 @@ class StreamConfig:
     shards: int = 4
     batch_size: int = 128
     max_wait_ms: int = 20
-    retry_backoff_ms: int = 500
+    # a failed scoring call (see streaming/scoring.py): retried after a backoff doubling from
+    # retry_backoff_ms to retry_max_backoff_ms for as long as Serve is down; a batch that fails
+    # max_batch_failures times while Serve answers (or that Serve rejects) is split to find the users
+    # Serve will not score, which go to the dead-letter topic (reason `unscorable`). A shard holding
+    # max_pending requests stops taking events until Serve takes some (backpressure on Kafka).
+    retry_backoff_ms: int = 200
+    retry_max_backoff_ms: int = 5_000
+    max_batch_failures: int = 3
+    max_pending: int = 2_048
     serve_timeout_s: float = 5.0
-    serve_retries: int = 2
     top_k: int = 10
     coalesce: bool = True  # score only each user's newest state per batch (see streaming.scoring.coalesce)
     max_recent: int = DEFAULT_MAX_RECENT
@@ -66,15 +74,8 @@ class StreamConfig:
     parallelism: int = 1
     restore_from: str | None = None
     job_name: str = "reaseq-stream"
-    # thread-batched: thread mode, keyed micro-batches flushed by size/time (this module);
-    # async-io: process mode with Flink's async I/O (streaming/job_async.py)
-    design: str = "thread-batched"
-    # async-io only: deadline of a score request (on expiry the job fails over and restarts from its
-    # last checkpoint; 0 = none) and the most requests in flight per async subtask (Flink's capacity)
-    async_timeout_ms: int = 60_000
-    async_capacity: int = 256
     extra_flink_config: dict[str, str] = field(default_factory=dict)
-    # nearline behaviour inference (thread-batched design): the BehaviorReasoner route, None = off;
+    # nearline behaviour inference: the BehaviorReasoner route, None = off;
     # a user is refreshed after `behavior_refresh_events` new events or `behavior_refresh_ms` (see
     # streaming/behavior.py); requests run in the background and never hold back a score
     behavior_url: str | None = None
@@ -92,15 +93,15 @@ class StreamConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
         if self.shards < 1 or self.batch_size < 1:
             raise ValueError("shards and batch_size must be >= 1")
-        if self.async_timeout_ms < 0 or self.async_capacity < 1:
-            raise ValueError("async_timeout_ms must be >= 0 and async_capacity >= 1")
-        if self.behavior_url and self.design != "thread-batched":
-            raise ValueError("nearline behaviour inference (behavior_url) runs in the thread-batched design")
+        if self.max_pending < self.batch_size:
+            raise ValueError(f"max_pending ({self.max_pending}) must be >= batch_size ({self.batch_size})")
+        self.retry_policy()
         RefreshPolicy(self.behavior_refresh_events, self.behavior_refresh_ms)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_backoff_ms, self.retry_max_backoff_ms, self.max_batch_failures)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -116,7 +117,7 @@ def _now_ms() -> int:
 
 
 def parse_events(env, cfg: StreamConfig, key_of: Callable[[Event], Any]):
-    """The front both designs share: KafkaSource(events) → Parse, with dead letters on a side output.
+    """The job's front: KafkaSource(events) → Parse, with dead letters on a side output.
 
     Returns ``(parsed, dead_tag)``: ``parsed`` carries ``(key_of(event), Event, Kafka timestamp)``
     tuples (pickled), ready for ``key_by(lambda v: v[0])``; ``parsed.get_side_output(dead_tag)`` are the
@@ -142,11 +143,10 @@ def parse_events(env, cfg: StreamConfig, key_of: Callable[[Event], Any]):
 
         def process_element(self, value, ctx):
             self.events_in.inc()
-            raw = bytes(value[1]) if value[1] is not None else b""
-            result = parse_event(raw, known, source_topic=topics.events)
+            result = parse_event(None if value[1] is None else bytes(value[1]), known, source_topic=topics.events)
             if isinstance(result, DeadLetter):
                 self.dead[result.reason].inc()
-                key = bytes(value[0]) if value[0] is not None else b""
+                key = dead_letter_key(None if value[0] is None else bytes(value[0]))
                 yield dead_tag, Row(topics.dead_letter, key, result.to_json())
                 return
             yield key_of(result), result, int(value[4])
@@ -159,7 +159,7 @@ def parse_events(env, cfg: StreamConfig, key_of: Callable[[Event], Any]):
 
 
 def sink_outputs(outputs, cfg: StreamConfig) -> None:
-    """The end both designs share: one KafkaSink for every OUTPUT_TYPE row (states, scores, dead letters)."""
+    """The job's end: one KafkaSink for every OUTPUT_TYPE row (states, scores, dead letters)."""
     from streaming.kafka_io import keyed_kafka_sink
 
     sink = keyed_kafka_sink(cfg.bootstrap_servers, exactly_once=cfg.mode == "transactional",
@@ -174,7 +174,8 @@ def build_job(env, cfg: StreamConfig) -> None:
     from pyflink.datastream import KeyedProcessFunction, RuntimeContext
     from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig
 
-    from inference.serve.client import BehaviorClient, RankerClient, ServeUnavailable
+    from inference.knowledge.backends import llm_calls_made
+    from inference.serve.client import BehaviorClient, RankerClient
     from streaming.kafka_io import OUTPUT_TYPE
 
     topics = cfg.topics
@@ -204,14 +205,20 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.cache: dict[str, UserState] = {}
             self.pending_counts: dict[int, int] = {}
             self.armed: dict[int, int] = {}
-            self.client = RankerClient(cfg.serve_url, timeout_s=cfg.serve_timeout_s, retries=cfg.serve_retries)
+            # one attempt per call: the operator retries with backoff itself, without blocking on sleeps
+            self.client = RankerClient(cfg.serve_url, timeout_s=cfg.serve_timeout_s, retries=0)
+            self.retry = cfg.retry_policy()
+            self.failures: dict[int, int] = {}  # shard → failed flushes in a row while Serve answered probes
+            self.retries: dict[int, int] = {}  # shard → failed flushes in a row (sets the backoff)
             group = runtime_context.get_metrics_group()
             self.m_duplicates = group.counter(names.EVENTS_DUPLICATE)
             self.m_states = group.counter(names.STATES_OUT)
             self.m_scores = group.counter(names.SCORES_OUT)
             self.m_batches = group.counter(names.SCORE_BATCHES)
             self.m_errors = group.counter(names.INFERENCE_ERRORS)
-            self.m_llm = group.counter(names.LLM_CALLS)
+            self.m_unscorable = group.counter(f"{names.DEAD_LETTERS}_{UNSCORABLE}")
+            # LLM requests this process made, counted in the backends themselves: must stay 0
+            group.gauge(names.LLM_CALLS, llm_calls_made)
             self.m_batch_size = group.distribution(names.SCORE_BATCH_SIZE)
             self.m_latency = group.distribution(names.INFERENCE_LATENCY_MS)
             self.m_event_to_score = group.distribution(names.EVENT_TO_SCORE_MS)
@@ -265,10 +272,14 @@ def build_job(env, cfg: StreamConfig) -> None:
                 yield from self._behavior_step(ctx, shard)
             count = self.pending_counts.get(shard, 0) + 1
             self.pending_counts[shard] = count
-            if count >= cfg.batch_size:
+            if count >= cfg.batch_size and not self.retries.get(shard):
                 yield from self._flush(ctx, shard)
             elif shard not in self.armed:
                 self._arm(ctx, shard, cfg.max_wait_ms)
+            while self.pending_counts.get(shard, 0) >= cfg.max_pending:
+                # backpressure: this shard holds all it may; wait for Serve instead of taking more events
+                time.sleep(self.retry.delay_ms(self.retries.get(shard, 1)) / 1000)
+                yield from self._flush(ctx, shard)
 
         def _arm(self, ctx, shard: int, delay_ms: int) -> None:
             due = ctx.timer_service().current_processing_time() + delay_ms
@@ -277,12 +288,14 @@ def build_job(env, cfg: StreamConfig) -> None:
 
         def on_timer(self, timestamp, ctx):
             shard = ctx.get_current_key()
-            if self.armed.get(shard) == timestamp:
+            due = self.armed.get(shard) == timestamp
+            if due:
                 del self.armed[shard]
             if self.behavior is not None:
                 self.polling.discard(shard)
                 yield from self._behavior_step(ctx, shard)
-            yield from self._flush(ctx, shard)
+            if due or not self.retries.get(shard):  # while backing off, only the backoff timer retries
+                yield from self._flush(ctx, shard)
 
         def _behavior_step(self, ctx, shard: int):
             """Apply a finished refresh of this shard, send the next one, keep polling while work is left.
@@ -334,27 +347,42 @@ def build_job(env, cfg: StreamConfig) -> None:
                 self.pending_counts[shard] = 0
                 return
             pending = [PendingScore.from_bytes(r) for r in raw]
-            groups = coalesce(pending) if cfg.coalesce else [[p] for p in pending]
             started = time.perf_counter()
-            try:
-                response = self.client.score(ranker_request([g[-1] for g in groups]), top_k=cfg.top_k)
-            except ServeUnavailable:
-                # keep every pending request (checkpointed) and try again later
+            result = score_pending(pending, lambda newest: self.client.score(ranker_request(newest), top_k=cfg.top_k),
+                                   self.client.probe, self.failures.get(shard, 0), self.retry, topics.user_scores,
+                                   cfg.coalesce)
+            if result.error:
                 self.m_errors.inc()
-                if shard not in self.armed:
-                    self._arm(ctx, shard, cfg.retry_backoff_ms)
-                return
-            self.m_latency.update(int((time.perf_counter() - started) * 1000))
-            self.m_batches.inc()
-            self.m_batch_size.update(len(groups))
-            now = _now_ms()
-            for record in coalesced_score_records(groups, response, topics.user_scores):
+            if result.records:
+                self.m_latency.update(int((time.perf_counter() - started) * 1000 / result.calls))
+                self.m_batches.inc()
+                self.m_batch_size.update(len(result.records))
+            for record in result.records:
                 yield Row(*record)
-            for item in pending:
+            for group, error in result.unscorable:
+                letter = unscorable_letter(group, error, topics.events)
+                self.m_unscorable.inc()
+                yield Row(topics.dead_letter, dead_letter_key(group[-1].state.user_id.encode()), letter.to_json())
+            unanswered = {id(p) for p in result.kept} | {id(p) for group, _ in result.unscorable for p in group}
+            scored = [p for p in pending if id(p) not in unanswered]
+            now = _now_ms()
+            for item in scored:
                 self.m_event_to_score.update(max(0, now - item.event_kafka_ts))
-            self.m_scores.inc(len(pending))
-            self.pending.clear()
-            self.pending_counts[shard] = 0
+            self.m_scores.inc(len(scored))
+            if not result.kept:
+                self.pending.clear()
+                self.pending_counts[shard] = 0
+                self.failures.pop(shard, None)
+                self.retries.pop(shard, None)
+                return
+            if len(result.kept) < len(pending):
+                self.pending.update([p.to_bytes() for p in result.kept])
+            self.pending_counts[shard] = len(result.kept)
+            self.retries[shard] = self.retries.get(shard, 0) + 1
+            if result.counted:
+                self.failures[shard] = self.failures.get(shard, 0) + 1
+            if shard not in self.armed:
+                self._arm(ctx, shard, self.retry.delay_ms(self.retries[shard]))
 
     scored = (parsed.key_by(lambda v: v[0], key_type=Types.INT())
               .process(UserScoring(), output_type=OUTPUT_TYPE).name("user-state-and-scores"))
@@ -385,20 +413,14 @@ def run_job(cfg: StreamConfig, wait: bool = True):
     from streaming.kafka_io import flink_configuration
 
     Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    thread_mode = cfg.design == "thread-batched"
     extra = dict(cfg.extra_flink_config)
     if cfg.metrics_port is not None:
         extra.update(prometheus_reporter_config(cfg.metrics_port))
     conf = flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
-                               checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=thread_mode,
+                               checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=True,
                                parallelism=cfg.parallelism, restore_from=cfg.restore_from, extra=extra)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
-    if thread_mode:
-        build_job(env, cfg)
-    else:
-        from streaming.job_async import build_async_job
-
-        build_async_job(env, cfg)
+    build_job(env, cfg)
     if wait:
         env.execute(cfg.job_name)
         return None

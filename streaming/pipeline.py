@@ -103,7 +103,7 @@ class MonitorStats:
 
     states: int = 0
     scores: int = 0  # events answered by a scores record (a record may answer several events of one user)
-    dead_letters: int = 0
+    dead_letters: int = 0  # inputs accounted for by dead letters (a letter may name several events)
     dead_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     latencies_ms: list[int] = field(default_factory=list)
     version_regressions: int = 0
@@ -161,8 +161,10 @@ class OutputMonitor:
         if self.keep_records:
             self.records[topic].append((key, value))
         if topic == self.topics.dead_letter:
-            self.stats.dead_letters += 1
-            self.stats.dead_reasons[json.loads(value)["reason"]] += 1
+            letter = json.loads(value)
+            # a letter of valid events Serve would not score accounts for each of them
+            self.stats.dead_letters += max(1, len(letter.get("event_ids") or ()))
+            self.stats.dead_reasons[letter["reason"]] += 1
             return
         body = json.loads(value)
         user = body["user_id"]

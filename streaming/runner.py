@@ -99,11 +99,16 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
             print(f"job running after {time.monotonic() - started:.0f} s; replaying {len(events):,} events",
                   file=out, flush=True)
             sent = [0]
-            producer = threading.Thread(
-                target=lambda: sent.__setitem__(0, replay(events, bootstrap, topics.events,
-                                                           ReplayConfig(rate=opts.rate),
-                                                           lambda n: sent.__setitem__(0, n))),
-                daemon=True)
+            replay_errors: list[BaseException] = []
+
+            def produce() -> None:
+                try:
+                    sent[0] = replay(events, bootstrap, topics.events, ReplayConfig(rate=opts.rate),
+                                     lambda n: sent.__setitem__(0, n))
+                except BaseException as error:  # reported in the summary: the run must not look complete
+                    replay_errors.append(error)
+
+            producer = threading.Thread(target=produce, daemon=True)
             producer.start()
             deadline = None
             lag: int | None = None
@@ -128,9 +133,10 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
             monitor.stop()
         stats = monitor.snapshot()
         p50, p99 = stats.latency_percentiles()
-        summary = {"events": len(events), "states": stats.states, "scores": stats.scores,
+        summary = {"events": len(events), "sent": sent[0], "states": stats.states, "scores": stats.scores,
                    "dead_letters": stats.dead_letters, "p50_ms": p50, "p99_ms": p99,
-                   "model_version": served.model_version, "seconds": round(time.monotonic() - started, 1)}
+                   "model_version": served.model_version, "seconds": round(time.monotonic() - started, 1),
+                   "replay_error": repr(replay_errors[0]) if replay_errors else None}
         print(f"\n{stats.scores:,} of {len(events):,} events scored, {stats.states:,} states, "
               f"{stats.dead_letters} dead letters; event→score p50 {p50:.0f} ms, p99 {p99:.0f} ms", file=out)
         for user in sorted(monitor.latest_scores, key=lambda u: int(u) if u.isdigit() else 0)[:opts.show_users]:
@@ -143,4 +149,17 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
                 print(f"   inferred beyond the log ({state.get('inferred_model_version')}): {inferred}", file=out)
             for item, score in list(zip(scores["items"], scores["scores"], strict=True))[:5]:
                 print(f"   {score:7.3f}  {titles.get(item, item)}", file=out)
+        problem = incomplete(summary)
+        if problem:
+            print(f"\nINCOMPLETE: {problem}", file=out)
         return summary
+
+
+def incomplete(summary: dict[str, Any]) -> str | None:
+    """Why a run lost something (its replay failed, or events have neither scores nor a dead letter), or None."""
+    if summary.get("replay_error"):
+        return f"the replay failed after {summary.get('sent', 0):,} events: {summary['replay_error']}"
+    missing = summary["events"] - summary["scores"] - summary["dead_letters"]
+    if missing > 0:
+        return f"{missing:,} of {summary['events']:,} events have neither scores nor a dead letter"
+    return None

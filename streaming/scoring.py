@@ -1,7 +1,16 @@
 """Micro-batched scoring inside the job: pending score requests → one Serve call → output records.
 
-Pure apart from the client call, so it is tested without Flink. Output records are
+Pure apart from the Serve calls it is given, so it is tested without Flink. Output records are
 (topic, key, value) triples, what the job's Kafka sink writes.
+
+When a call fails (`score_pending`, policy in `RetryPolicy`):
+- Serve is down or overloaded (`RetryLater`, and an empty probe request fails too): every request is
+  kept and retried with exponential backoff, however long the outage lasts; the job bounds what it
+  keeps by backpressure (it stops reading Kafka), so nothing is lost and no state grows without bound.
+- Serve answers, but not this batch: rejected (`Rejected`: 4xx, malformed reply) at once, or failing
+  (`RetryLater` while the probe succeeds) `max_failures` times. The batch is split in halves, recursively,
+  until the users Serve will not score are alone; every other user is scored, and each user left over
+  becomes one dead letter (reason `unscorable`, Serve's error, the request Serve refused, the event ids).
 """
 
 from __future__ import annotations
@@ -12,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from inference.serve.client import Rejected, RetryLater
+from streaming.events import UNSCORABLE, DeadLetter, dead_letter
 from streaming.state import UserState
 
 OutputRecord = tuple[str, bytes, bytes]
@@ -67,11 +78,10 @@ def covered_events(record: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def coalesced_score_records(groups: list[list[PendingScore]], response: dict[str, Any], topic: str,
-                            knowledge_version: str = "none",
                             now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
     """One scores record per user group (scored on its newest state), listing every event it covers."""
     newest = [group[-1] for group in groups]
-    records = score_records(newest, response, topic, knowledge_version, now_ms)
+    records = score_records(newest, response, topic, now_ms)
     out = []
     for group, (rec_topic, key, value) in zip(groups, records, strict=True):
         body = json.loads(value)
@@ -82,14 +92,103 @@ def coalesced_score_records(groups: list[list[PendingScore]], response: dict[str
 
 
 def score_records(pending: list[PendingScore], response: dict[str, Any], topic: str,
-                  knowledge_version: str = "none", now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
-    """One scores record per pending state, keyed by user, naming the model and knowledge versions."""
+                  now_ms: Callable[[], int] | None = None) -> list[OutputRecord]:
+    """One scores record per pending state, keyed by user, naming the model version that scored it."""
     emit_ts = (now_ms or (lambda: int(time.time() * 1000)))()
     records = []
     for item, result in zip(pending, response["results"], strict=True):
         body = {"user_id": item.state.user_id, "version": item.state.version, "event_id": item.event_id,
                 "items": result["items"], "scores": result["scores"],
-                "model_version": response["model_version"], "knowledge_version": knowledge_version,
+                "model_version": response["model_version"],
                 "event_ts": item.state.last_event_ts, "event_kafka_ts": item.event_kafka_ts, "emit_ts": emit_ts}
         records.append((topic, item.state.user_id.encode(), json.dumps(body, separators=(",", ":")).encode()))
     return records
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the job retries a failed scoring call and when it gives up on a batch (see the module doc)."""
+
+    backoff_ms: int = 200
+    max_backoff_ms: int = 5_000
+    max_failures: int = 3  # failures of one batch while Serve answers probes, before the batch is split
+
+    def __post_init__(self) -> None:
+        if self.backoff_ms < 1 or self.max_backoff_ms < self.backoff_ms or self.max_failures < 1:
+            raise ValueError("need 1 <= backoff_ms <= max_backoff_ms and max_failures >= 1")
+
+    def delay_ms(self, retries: int) -> int:
+        """Wait before retry number `retries` (1, 2, …): doubling from backoff_ms up to max_backoff_ms."""
+        return min(self.max_backoff_ms, self.backoff_ms * 2 ** min(max(0, retries - 1), 30))
+
+
+@dataclass
+class FlushResult:
+    """What one flush of a shard's pending requests came to."""
+
+    records: list[OutputRecord]  # scores records
+    unscorable: list[tuple[list[PendingScore], str]]  # user groups Serve will not score, with its error
+    kept: list[PendingScore]  # still pending: Serve unavailable, retry later
+    counted: bool = False  # kept although Serve answered the probe: counts towards max_failures
+    calls: int = 0  # scoring calls made (the probe not counted)
+    error: str = ""  # the first call's error, if it failed
+
+
+def score_pending(pending: list[PendingScore], score: Callable[[list[PendingScore]], dict[str, Any]],
+                  serve_alive: Callable[[], bool], failures: int, policy: RetryPolicy, topic: str,
+                  coalesce_users: bool = True, now_ms: Callable[[], int] | None = None) -> FlushResult:
+    """Score a shard's pending requests with `score` (one Serve call per list of newest states).
+
+    `failures` is how many times in a row this shard's batch failed while Serve answered probes.
+    Never raises a Serve error: every pending request ends scored, unscorable or kept.
+    """
+    groups = coalesce(pending) if coalesce_users else [[p] for p in pending]
+    try:
+        response = score([g[-1] for g in groups])
+        return FlushResult(coalesced_score_records(groups, response, topic, now_ms), [], [], calls=1)
+    except Rejected as error:
+        first: Rejected | RetryLater = error
+    except RetryLater as error:
+        if not serve_alive():  # down or overloaded: wait for it, whatever the batch holds
+            return FlushResult([], [], pending, counted=False, calls=1, error=str(error))
+        if failures + 1 < policy.max_failures:
+            return FlushResult([], [], pending, counted=True, calls=1, error=str(error))
+        first = error
+    result = FlushResult([], [], [], calls=1, error=str(first))
+    _isolate(groups, first, score, serve_alive, topic, now_ms, result)
+    return result
+
+
+def _isolate(groups: list[list[PendingScore]], error: Exception, score: Callable[[list[PendingScore]], dict[str, Any]],
+             serve_alive: Callable[[], bool], topic: str, now_ms: Callable[[], int] | None,
+             result: FlushResult) -> None:
+    """`groups` failed together with `error`: split them until what Serve will not score stands alone."""
+    if result.kept:  # Serve went down meanwhile: keep the rest for later rather than blame its users
+        result.kept.extend(p for g in groups for p in g)
+        return
+    if len(groups) == 1:
+        result.unscorable.append((groups[0], f"{type(error).__name__}: {error}"))
+        return
+    middle = len(groups) // 2
+    for part in (groups[:middle], groups[middle:]):
+        if result.kept:
+            result.kept.extend(p for g in part for p in g)
+            continue
+        result.calls += 1
+        try:
+            response = score([g[-1] for g in part])
+        except Rejected as failure:
+            _isolate(part, failure, score, serve_alive, topic, now_ms, result)
+        except RetryLater as failure:
+            if serve_alive():
+                _isolate(part, failure, score, serve_alive, topic, now_ms, result)
+            else:
+                result.kept.extend(p for g in part for p in g)
+        else:
+            result.records.extend(coalesced_score_records(part, response, topic, now_ms))
+
+
+def unscorable_letter(group: list[PendingScore], error: str, source_topic: str) -> DeadLetter:
+    """The dead letter of a user's events that Serve will not score: its error, the refused request, the events."""
+    request = json.dumps(ranker_request([group[-1]])[0], separators=(",", ":")).encode()
+    return dead_letter(request, UNSCORABLE, error, source_topic, tuple(p.event_id for p in group))

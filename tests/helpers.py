@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ranking.train import TrainConfig
 from streaming.pipeline import JobProcess
@@ -37,3 +40,34 @@ def send_raw(bootstrap_servers: str, topic: str, values: list[bytes]) -> None:
 TINY_BEHAVIOR_CONFIG = {"epochs": 1, "batch_size": 256, "cuts_per_user": 2, "holdout": 2,
                         "model": {"max_history": 20, "slots": 5, "dim": 16, "layers": 1, "heads": 1},
                         "sampling": {"slots": 5, "steps": 2}}
+
+
+@contextlib.contextmanager
+def http_server(reply: Callable[[dict], tuple[int, bytes]]) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 and a free port answering every POST with `reply(json body)`."""
+    import json
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            status, payload = reply(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                pass
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/rank"
+    finally:
+        server.shutdown()
+        server.server_close()

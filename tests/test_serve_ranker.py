@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
+import json
 
 import pytest
 
-from inference.serve.client import RankerClient, ServeUnavailable
-from inference.serve.scoring import LoadedRanker, score_users
+from inference.serve.client import RankerClient, Rejected, RetryLater
+from inference.serve.scoring import LoadedRanker, check_ranker, score_users
+from tests.helpers import http_server
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +42,55 @@ def test_client_gives_up_with_a_clear_error_when_nothing_listens():
     from inference.serve.local import free_port
 
     client = RankerClient(f"http://127.0.0.1:{free_port()}/rank", timeout_s=0.2, retries=2, backoff_s=0.01)
-    with pytest.raises(ServeUnavailable, match="failed after 3 attempts"):
+    with pytest.raises(RetryLater, match="failed after 3 attempts"):
         client.score([{"user_id": "a", "recent_items": []}])
+
+
+GOOD_REPLY = {"model_version": "v1", "results": [{"user_id": "a", "items": ["1"], "scores": [0.5]}]}
+
+
+@pytest.mark.parametrize(("status", "body", "error"), [
+    (503, b"overloaded", RetryLater),
+    (500, b"model error", RetryLater),
+    (429, b"slow down", RetryLater),
+    (400, b'{"error": "users.0.user_id: Input should be a valid string"}', Rejected),
+    (404, b"no route", Rejected),
+    (200, b"<html>not json</html>", Rejected),
+    (200, b'{"model_version": "v1"}', Rejected),
+    (200, b'{"model_version": "v1", "results": []}', Rejected),
+    (200, b'{"model_version": "v1", "results": [{"user_id": "a"}]}', Rejected),
+    (200, b'{"error": "bad"}', Rejected),
+    (200, json.dumps(GOOD_REPLY).encode(), None),
+])
+def test_client_tells_retry_later_from_rejected(status, body, error):
+    with http_server(lambda _request: (status, body)) as url:
+        client = RankerClient(url, timeout_s=2.0, retries=1, backoff_s=0.01)
+        if error is None:
+            assert client.score([{"user_id": "a", "recent_items": []}]) == GOOD_REPLY
+            assert client.probe() is False  # an empty probe gets one result for no users: malformed
+        else:
+            with pytest.raises(error):
+                client.score([{"user_id": "a", "recent_items": []}])
+
+
+def test_client_times_out_as_retry_later():
+    import time
+
+    slow = http_server(lambda _request: (time.sleep(1.0), (200, b"{}"))[1])
+    with slow as url, pytest.raises(RetryLater, match="timed out"):
+        RankerClient(url, timeout_s=0.2, retries=0).score([{"user_id": "a", "recent_items": []}])
+
+
+def test_health_check_runs_a_forward_pass_and_fails_on_a_broken_model(tiny_artifact):
+    import torch
+
+    ranker = LoadedRanker.load(str(tiny_artifact.path), "cpu")
+    check_ranker(ranker)
+    with torch.no_grad():
+        for parameter in ranker.model.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="no finite score"):
+        check_ranker(ranker)
 
 
 @pytest.mark.slow

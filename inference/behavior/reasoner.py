@@ -8,6 +8,7 @@ inference (an empty list and the reason), never an error for the whole batch. Wi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -49,6 +50,13 @@ class BehaviorReasoner:
     def sampling_with(self, **overrides: Any) -> SamplingConfig:
         """The artifact's sampling settings with some replaced (None = keep)."""
         return replace(self.sampling, **{k: v for k, v in overrides.items() if v is not None})
+
+    def check(self, sampling: SamplingConfig | None = None) -> None:
+        """Serve's health check: one user's inference must fill every slot with finite confidence."""
+        sampling = sampling or self.sampling
+        result = self.infer([{"user_id": "health-check", "recent_items": self.item_ids[:1]}], sampling)[0]
+        if len(result["items"]) != sampling.slots or not all(math.isfinite(c) for c in result["confidence"]):
+            raise RuntimeError(f"behaviour model {self.version} gives no usable inference: {result}")
 
     def infer(self, users: Sequence[dict[str, Any]], sampling: SamplingConfig | None = None) -> list[dict[str, Any]]:
         """[{"user_id", "items", "confidence"}] in the order given (plus "skipped" when nothing was inferred)."""

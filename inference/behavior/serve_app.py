@@ -12,9 +12,10 @@ from typing import Any
 
 from ray import serve
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from inference.behavior.reasoner import BehaviorReasoner
-from inference.serve.protocol import USERS_ERROR, split_results, users_of
+from inference.serve.protocol import read_users, split_results
 
 
 @serve.deployment(name="BehaviorReasoner", max_ongoing_requests=64, health_check_period_s=5)
@@ -37,16 +38,15 @@ class BehaviorReasonerDeployment:
         self._metrics.observe(len(flat), time.perf_counter() - started)
         return split_results(requests, results)
 
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        body = await request.json()
-        users = users_of(body)
-        if users is None:
-            return {"error": USERS_ERROR}
+    async def __call__(self, request: Request) -> dict[str, Any] | JSONResponse:
+        parsed = await read_users(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        _, users = parsed
         return {"model_version": self.reasoner.version, "results": await self.infer_batch(users)}
 
     def check_health(self) -> None:
-        if self.reasoner.model is None:
-            raise RuntimeError("behaviour model not loaded")
+        self.reasoner.check(self.sampling)
 
 
 class _BehaviorMetrics:

@@ -91,6 +91,25 @@ class BackendStats:
                 "seconds": round(self.seconds, 2)}
 
 
+_calls_lock = threading.Lock()
+_calls_made = 0
+
+
+def llm_calls_made() -> int:
+    """LLM requests this process has sent through any backend, failed ones included.
+
+    The streaming job exports it as `reaseq_llm_calls` (it must stay 0: online serving uses
+    precomputed knowledge only), so a call wired into the hot path shows up wherever it comes from.
+    """
+    return _calls_made
+
+
+def _count_llm_call() -> None:
+    global _calls_made
+    with _calls_lock:
+        _calls_made += 1
+
+
 class OpenAIChatBackend:
     """POST {base_url}/chat/completions with bounded concurrency, timeouts and retries."""
 
@@ -136,6 +155,7 @@ class OpenAIChatBackend:
                     started = time.monotonic()
                     route = "completions" if request.prompt is not None else "chat/completions"
                     http = urllib.request.Request(f"{self.base_url}/{route}", data=data, headers=headers)
+                    _count_llm_call()
                     with urllib.request.urlopen(http, timeout=self.timeout_s) as response:
                         raw = response.read()
                     seconds = time.monotonic() - started
@@ -201,6 +221,7 @@ class VLLMOfflineBackend:
         params = SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature, seed=request.seed,
                                 logprobs=request.top_logprobs, **extra)
         started = time.monotonic()
+        _count_llm_call()
         if request.prompt is not None:
             output = self.engine.generate([request.prompt], params, use_tqdm=False)[0]
         else:

@@ -1,18 +1,56 @@
-"""The request shape both Serve apps share: {"users": [{...}, ...]} in, one result per user out."""
+"""The request shape both Serve apps share: {"users": [{...}, ...]} in, one result per user out.
+
+A body that is not this shape is answered with HTTP 400 and the reason (the client's `Rejected`), never
+with a 200 that carries an error nor a 500 (which the client would retry).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-USERS_ERROR = "body must be {\"users\": [{\"user_id\": ..., \"recent_items\": [...]}, ...]}"
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+USERS_ERROR = "body must be {\"users\": [{\"user_id\": str, \"recent_items\": [str, ...]}, ...]}"
 
 
-def users_of(body: Any) -> list[dict[str, Any]] | None:
-    """The request's users, or None when the body does not have the shape above."""
+class UserRequest(BaseModel):
+    """One user of a request: its id, recent items and (optionally) inferred items."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    user_id: str
+    recent_items: list[str] = []
+    inferred_items: list[str] = []
+
+
+_USERS = TypeAdapter(list[UserRequest])
+
+
+def users_of(body: Any) -> list[dict[str, Any]] | str:
+    """The request's users as plain dicts, or why the body does not have the shape above."""
     users = body.get("users") if isinstance(body, dict) else None
-    if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
-        return None
-    return users
+    if not isinstance(users, list):
+        return USERS_ERROR
+    try:
+        return [u.model_dump() for u in _USERS.validate_python(users)]
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        return f"users.{where}: {first['msg']}"
+
+
+async def read_users(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]]] | JSONResponse:
+    """(body, users) of a request, or the HTTP 400 reply that says what is wrong with it."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return JSONResponse({"error": "body is not JSON"}, status_code=400)
+    users = users_of(body)
+    if isinstance(users, str):
+        return JSONResponse({"error": users}, status_code=400)
+    return body, users
 
 
 def split_results(requests: list[list[Any]], results: list[Any]) -> list[list[Any]]:

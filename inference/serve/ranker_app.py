@@ -12,9 +12,10 @@ from typing import Any
 
 from ray import serve
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
-from inference.serve.protocol import USERS_ERROR, split_results, users_of
-from inference.serve.scoring import LoadedRanker, score_users
+from inference.serve.protocol import read_users, split_results
+from inference.serve.scoring import LoadedRanker, check_ranker, score_users
 
 
 @serve.deployment(name="Ranker", max_ongoing_requests=64, health_check_period_s=5)
@@ -37,20 +38,21 @@ class Ranker:
         self._metrics.observe(len(requests), len(flat), time.perf_counter() - started)
         return split_results(requests, results)
 
-    async def __call__(self, request: Request) -> dict[str, Any]:
-        body = await request.json()
-        users = users_of(body)
-        if users is None:
-            return {"error": USERS_ERROR}
-        top_k = int(body.get("top_k") or self.top_k)
+    async def __call__(self, request: Request) -> dict[str, Any] | JSONResponse:
+        parsed = await read_users(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        body, users = parsed
+        top_k = body.get("top_k") or self.top_k
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            return JSONResponse({"error": f"top_k must be a positive integer, got {top_k!r}"}, status_code=400)
         results = await self.score_batch(users)
         if top_k < self.top_k:
             results = [{**r, "items": r["items"][:top_k], "scores": r["scores"][:top_k]} for r in results]
         return {"model_version": self.ranker.version, "results": results}
 
     def check_health(self) -> None:
-        if self.ranker.model is None:
-            raise RuntimeError("ranker model not loaded")
+        check_ranker(self.ranker)
 
 
 class _ServeMetrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,13 @@ class LoadedRanker:
         item_ids = list(dataset.items.item_id)
         return LoadedRanker(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)},
                             artifact.version, str(next(model.parameters()).device))
+
+
+def check_ranker(ranker: LoadedRanker) -> None:
+    """Serve's health check: a one-user forward pass must give finite top scores, else RuntimeError."""
+    result = score_users(ranker, [{"user_id": "health-check", "recent_items": ranker.item_ids[:1]}], top_k=1)[0]
+    if not result["items"] or not all(math.isfinite(s) for s in result["scores"]):
+        raise RuntimeError(f"ranker {ranker.version} gives no finite score: {result}")
 
 
 def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: int = 10) -> list[dict[str, Any]]:
