@@ -1,4 +1,5 @@
-"""The embedded default listens on loopback only, and the job's metrics reach Flink's Prometheus reporter.
+"""The embedded default listens on loopback only, its job's metrics reach Flink's Prometheus reporter, and
+the stream makes no LLM call while a real LLM server is up and advertised.
 
 Runs the whole pipeline (Kafka, Ray Serve, the Flink job, a short replay) as `reaseq stream run`
 does, lists the listening TCP sockets of every process it started, and scrapes the reporter.
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from inference.serve.local import free_port
+from monitoring import exported
 from monitoring import metrics as names
 from streaming.procnet import is_loopback, listening_sockets
 from streaming.runner import PipelineOptions, run_pipeline
@@ -73,11 +75,13 @@ def _listeners(pids: set[int]) -> set[tuple[str, int, str, str]]:
     return found
 
 
-def test_demo_listens_on_loopback_only_and_exports_job_metrics(tmp_path, ml100k_sequences):
+def test_demo_listens_on_loopback_only_exports_job_metrics_and_calls_no_llm(tmp_path, ml100k_sequences,
+                                                                          monkeypatch):
     import os
 
+    from inference.knowledge.llama_server import LlamaServer
     from ranking.experiment import train_and_save
-    from tests.helpers import TINY_RANKER
+    from tests.helpers import TINY_RANKER, scrape
 
     artifact = train_and_save(ml100k_sequences, TINY_RANKER, progress=False, root=tmp_path / "artifacts").artifact
     metrics_port = free_port()
@@ -85,21 +89,28 @@ def test_demo_listens_on_loopback_only_and_exports_job_metrics(tmp_path, ml100k_
                            metrics_port=metrics_port, show_users=1)
     output = io.StringIO()
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(run_pipeline(opts, out=output)), daemon=True)
-    runner.start()
-    seen: set[tuple[str, int, str, str]] = set()
-    scraped = ""
-    while runner.is_alive():
-        seen |= _listeners(_descendants(os.getpid()))
-        if not all(name in scraped for name in REQUIRED_METRICS):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
-                    scraped = response.read().decode()
-            except OSError:
-                pass
-        time.sleep(0.5)
-    runner.join()
+    with LlamaServer(log_path=tmp_path / "llm.log") as llm:
+        # advertised where OpenAI-compatible clients look for a server: the job's process inherits it
+        monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
+        runner = threading.Thread(target=lambda: result.update(run_pipeline(opts, out=output)), daemon=True)
+        runner.start()
+        seen: set[tuple[str, int, str, str]] = set()
+        scraped, llm_calls = "", []
+        while runner.is_alive():
+            seen |= _listeners(_descendants(os.getpid()))
+            if not all(name in scraped for name in REQUIRED_METRICS):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+                        scraped = response.read().decode()
+                except OSError:
+                    pass
+            llm_calls.append(scrape(metrics_port).get(exported.flink(names.LLM_CALLS)))
+            time.sleep(0.5)
+        runner.join()
+        assert llm.completion_requests() == 0, "the stream sent requests to the LLM server"
     assert result.get("scores") == 3000, output.getvalue()[-3000:]
+    exported_values = [v for v in llm_calls if v is not None]
+    assert exported_values and max(exported_values) == 0, llm_calls  # scraped while running, and zero
     assert seen, "no listening sockets found for the demo's processes"
     off_loopback = {(h, p, n, c) for h, p, n, c in seen if not is_loopback(h)}
     unexpected = {(h, p, n, c) for h, p, n, c in off_loopback if p != metrics_port and not _is_ray_process(n, c)}

@@ -73,3 +73,24 @@ def test_real_model_json_is_schema_constrained(llm, evidence):
     outcome = complete_json(backend, messages, Judgement, JUDGEMENT_JSON_SCHEMA, max_tokens=40)
     assert outcome.ok, outcome.errors
     assert 3 <= len(outcome.value.tagline) <= 120 and outcome.completion_tokens > 0
+
+
+def test_both_llm_call_counters_see_a_call(llm):
+    """The two guards the stream is checked with (tests/test_demo_listeners.py) fail when a call is made: the
+    process count the job exports as reaseq_llm_calls, and the server's own access log."""
+    from inference.knowledge.backends import ChatRequest, llm_calls_made
+
+    process_before, server_before = llm_calls_made(), llm.completion_requests()
+    backend = OpenAIChatBackend(llm.base_url, llm.model, timeout_s=120)
+    backend.chat(ChatRequest([{"role": "user", "content": "Say hi."}], max_tokens=2))
+    assert llm_calls_made() == process_before + 1
+    assert llm.completion_requests() == server_before + 1
+
+
+def test_llama_cpp_is_built_portably():
+    """A -march=native build of llama.cpp segfaults on Intel AMX CPUs (GCC 12), and a wheel cached on one
+    machine must run on any x86-64 one: the Makefile builds the AVX2 baseline (GGML_NATIVE=OFF)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AVX2 = 1" in info and "AMX" not in info and "AVX512" not in info, info

@@ -6,6 +6,7 @@ Each test runs the job as its own process against an embedded broker and a local
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -13,7 +14,9 @@ from collections import defaultdict
 
 import pytest
 
-from streaming.events import Event
+from monitoring import exported
+from monitoring import metrics as names
+from streaming.events import MAX_EVENT_BYTES, Event
 from streaming.job import StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
@@ -30,10 +33,11 @@ def _topics() -> TopicsConfig:
 
 
 def _config(kafka, serve, topics, tmp_path, ml100k, **overrides) -> StreamConfig:
-    return StreamConfig(bootstrap_servers=kafka, serve_url=serve.url, known_items=list(ml100k.items.item_id),
+    settings = {"serve_url": serve.url, **overrides}
+    return StreamConfig(bootstrap_servers=kafka, known_items=list(ml100k.items.item_id),
                         topics=topics, checkpoint_dir=str(tmp_path / "checkpoints"),
                         group_id=f"job-{topics.events}", transactional_id_prefix=f"tx-{topics.events}",
-                        **overrides)
+                        **settings)
 
 
 def _check_exact_outputs(monitor: OutputMonitor, events: list[Event]) -> None:
@@ -63,40 +67,74 @@ def _check_exact_outputs(monitor: OutputMonitor, events: list[Event]) -> None:
         assert len(record["items"]) == 10 and record["model_version"]
 
 
-def test_events_to_states_and_scores_with_dead_letters(kafka, serve, ml100k, tmp_path):
+def _valid(event_id: str, **changes) -> bytes:
+    return json.dumps({"event_id": event_id, "user_id": "1", "item_id": "5", "action": "view", "ts": 1,
+                       **changes}).encode()
+
+
+# One of each documented malformed kind, then the inputs that once stopped the job for good or would
+# break the state or the sink (streaming/events.py): (expected reason, raw value)
+BAD = [
+    ("bad_json", b"{oops"),
+    ("missing_field", json.dumps({"event_id": "x1", "user_id": "1", "action": "view", "ts": 1}).encode()),
+    ("wrong_type", _valid("x2", ts="soon")),
+    ("unknown_item", _valid("x3", item_id="nope")),
+    ("oversized", b'{"pad":"' + b"x" * 10_000 + b'"}'),
+    ("not_utf8", b'{"event_id": "\xff\xfe"}'),
+    ("bad_json", b"[" * 5_000),  # 5 KB of nesting: RecursionError in json.loads
+    ("bad_json", b'{"ts": ' + b"9" * 5_000 + b"}"),  # an int over Python's 4,300-digit limit: ValueError
+    ("bad_json", _valid("x4").replace(b'"ts": 1', b'"ts": 1, "value": NaN')),
+    ("bad_value", _valid("x5", value=10**400)),  # an int no float can hold
+    ("bad_value", _valid("\ud800")),  # a lone surrogate: no UTF-8 Kafka key can carry it
+    ("bad_value", _valid("x6", ts=2**64)),  # beyond a Java long
+    ("bad_value", _valid("x7", user_id="u" * 5_000)),  # would bloat the user's state
+    ("bad_json", b""),
+    ("oversized", b'{"pad":"' + b"y" * 900_000 + b'"}'),  # the letter keeps 8 KB of it, not 1.2 MB of base64
+]
+
+
+def test_hostile_and_malformed_events_never_stop_the_job(kafka, serve, ml100k, tmp_path):
+    """Every bad input ends as a dead letter with its reason, the valid events after them all come through,
+    and the job never restarts (read from Flink's own restart counter)."""
+    import hashlib
+
+    from kafka import KafkaProducer
+
+    from inference.serve.local import free_port
+    from tests.helpers import scrape
+
     topics = _topics()
     ensure_topics(kafka, topics)
     events = interactions_to_events(ml100k.interactions, limit=1500)
-    bad = {
-        "bad_json": b"{oops",
-        "missing_field": json.dumps({"event_id": "x1", "user_id": "1", "action": "view", "ts": 1}).encode(),
-        "wrong_type": json.dumps({"event_id": "x2", "user_id": "1", "item_id": "5", "action": "view",
-                                  "ts": "soon"}).encode(),
-        "unknown_item": json.dumps({"event_id": "x3", "user_id": "1", "item_id": "nope", "action": "view",
-                                    "ts": 1}).encode(),
-        "oversized": b'{"pad":"' + b"x" * 10_000 + b'"}',
-        "not_utf8": b'{"event_id": "\xff\xfe"}',
-    }
+    metrics_port = free_port()
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
     job = JobProcess(_config(kafka, serve, topics, tmp_path, ml100k, mode="transactional",
-                             checkpoint_interval_ms=1000), tmp_path).start()
+                             checkpoint_interval_ms=1000, metrics_port=metrics_port), tmp_path).start()
+    huge_key = b"k" * 100_000
     try:
-        send_raw(kafka, topics.events, list(bad.values()))
+        send_raw(kafka, topics.events, [raw for _, raw in BAD])
+        producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
+        producer.send(topics.events, key=huge_key, value=b"{oops").get(30)
+        producer.close()
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
-        wait_for(lambda: monitor.snapshot().scores >= len(events) and monitor.snapshot().dead_letters >= len(bad),
-                  job, 240, "all scores and dead letters")
+        wait_for(lambda: monitor.snapshot().scores >= len(events)
+                 and monitor.snapshot().dead_letters >= len(BAD) + 1, job, 240, "all scores and dead letters")
         time.sleep(3)  # a later checkpoint must not add anything
+        metrics = scrape(metrics_port)
     finally:
         job.stop()
         monitor.stop()
+    assert metrics.get("flink_jobmanager_job_numRestarts") == 0, sorted(metrics)[:20]
     _check_exact_outputs(monitor, events)
-    dead = {json.loads(v)["reason"]: (k, json.loads(v)) for k, v in monitor.records[topics.dead_letter]}
-    assert set(dead) == set(bad)
-    for reason, (key, letter) in dead.items():
-        import base64
-
-        assert base64.b64decode(letter["original_b64"]) == bad[reason]
-        assert letter["detail"] and key.startswith(b"bad-")
+    letters = {key: json.loads(value) for key, value in monitor.records[topics.dead_letter]}
+    assert len(letters) == len(BAD) + 1
+    for n, (reason, raw) in enumerate(BAD):
+        letter = letters[f"bad-{n}".encode()]
+        assert letter["reason"] == reason, (n, letter["detail"])
+        assert letter["original_size"] == len(raw) and letter["original_sha256"] == hashlib.sha256(raw).hexdigest()
+        assert base64.b64decode(letter["original_b64"]) == raw[:MAX_EVENT_BYTES] and letter["detail"]
+        assert letter["truncated"] == (len(raw) > MAX_EVENT_BYTES)
+    assert letters[b"sha256:" + hashlib.sha256(huge_key).hexdigest().encode()]["reason"] == "bad_json"
 
 
 def test_killed_job_restores_from_checkpoint_exactly_once(kafka, serve, ml100k, tmp_path):
@@ -133,7 +171,7 @@ def test_killed_serve_replica_loses_nothing(kafka, serve, ml100k, tmp_path):
     ensure_topics(kafka, topics)
     events = interactions_to_events(ml100k.interactions, limit=2000)
     cfg = _config(kafka, serve, topics, tmp_path, ml100k, mode="low-latency", serve_timeout_s=2.0,
-                  serve_retries=1, retry_backoff_ms=300)
+                  retry_backoff_ms=300)
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
     job = JobProcess(cfg, tmp_path).start()
     try:
@@ -150,3 +188,57 @@ def test_killed_serve_replica_loses_nothing(kafka, serve, ml100k, tmp_path):
     scores = [json.loads(v) for _, v in monitor.records[topics.user_scores]]
     covered = {event_id for record in scores for event_id, _ in covered_events(record)}
     assert covered == {e.event_id for e in events}  # at-least-once: none lost
+
+
+def test_serve_rejecting_one_user_and_serve_down_for_a_while(kafka, serve, ml100k, tmp_path):
+    """Through a fault injector in front of the real Serve: a user Serve refuses (HTTP 400) is dead-lettered
+    with its events and everyone else is scored; then Serve refuses connections for a while: nothing is lost,
+    the job never restarts, and the pending requests stay within `max_pending` (backpressure)."""
+    from inference.serve.local import free_port
+    from tests.helpers import FaultyProxy, scrape
+
+    topics = _topics()
+    ensure_topics(kafka, topics)
+    events = interactions_to_events(ml100k.interactions, limit=3000)
+    first, second = events[:1000], events[1000:]
+    rejected = first[0].user_id
+    proxy = FaultyProxy(serve.url).start()
+    proxy.reject_users = {rejected}
+    metrics_port = free_port()
+    cfg = _config(kafka, serve, topics, tmp_path, ml100k, mode="low-latency", serve_url=proxy.url,
+                  batch_size=64, max_pending=256, retry_backoff_ms=100, retry_max_backoff_ms=1000,
+                  metrics_port=metrics_port)
+    monitor = OutputMonitor(kafka, topics, keep_records=True).start()
+    job = JobProcess(cfg, tmp_path).start()
+    pending_seen: list[float] = []
+    try:
+        replay(first, kafka, topics.events, ReplayConfig(rate=None))
+        wait_for(lambda: monitor.snapshot().scores + monitor.snapshot().dead_letters >= len(first),
+                 job, 240, "scores or dead letters for the first events")
+        proxy.reject_users = set()
+        with proxy.down():
+            replay(second, kafka, topics.events, ReplayConfig(rate=None))
+            down_until = time.monotonic() + 12
+            while time.monotonic() < down_until:
+                pending_seen.append(scrape(metrics_port).get(exported.flink(names.PENDING_SCORES), float("nan")))
+                assert job.running(), job.log_tail()
+                time.sleep(0.5)
+        wait_for(lambda: monitor.snapshot().scores + monitor.snapshot().dead_letters >= len(events),
+                 job, 240, "every event answered after Serve came back")
+        time.sleep(2)
+        metrics = scrape(metrics_port)
+    finally:
+        job.stop()
+        monitor.stop()
+        proxy.stop()
+    assert metrics.get("flink_jobmanager_job_numRestarts") == 0
+    letters = [json.loads(v) for _, v in monitor.records[topics.dead_letter]]
+    assert letters and all(letter["reason"] == "unscorable" and "HTTP 400" in letter["detail"] for letter in letters)
+    dead_events = sorted(event_id for letter in letters for event_id in letter["event_ids"])
+    assert dead_events == sorted(e.event_id for e in first if e.user_id == rejected)
+    scores = [json.loads(v) for _, v in monitor.records[topics.user_scores]]
+    covered = {event_id for record in scores for event_id, _ in covered_events(record)}
+    assert covered == {e.event_id for e in events} - set(dead_events)  # at-least-once: nothing else lost
+    seen = [p for p in pending_seen if p == p]
+    assert seen and max(seen) <= cfg.max_pending * cfg.shards, pending_seen
+    assert max(seen) > cfg.batch_size  # the outage did hold requests back (the bound was exercised)

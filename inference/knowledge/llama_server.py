@@ -137,6 +137,13 @@ class LlamaServer:
         self.stop()
         raise RuntimeError(f"llama.cpp server not ready after {cfg.startup_timeout_s:.0f} s")
 
+    def completion_requests(self) -> int:
+        """Completion requests this server has received, from its own access log (needs `log_path`)."""
+        if self.log_path is None:
+            raise ValueError("LlamaServer needs a log_path to count its requests")
+        text = Path(self.log_path).read_text(errors="replace") if Path(self.log_path).exists() else ""
+        return sum(text.count(f'"POST /v1/{route} ') for route in ("chat/completions", "completions"))
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
