@@ -232,18 +232,10 @@ def test_bounded_job_copies_raw_records_exactly_once(jars: JvmJars, kafka: str, 
     assert report["listeners"], "no listener seen"
     assert all(is_loopback(addr) for addr, _ in report["listeners"]), report["listeners"]
 
-    group = KafkaConsumer(bootstrap_servers=kafka, group_id="io-test", enable_auto_commit=False)
-    deadline = time.monotonic() + 15  # the final checkpoint's commit is asynchronous: it may land just after
-    while True:
-        committed = {str(p): group.committed(TopicPartition(IN_TOPIC, p)) for p in (0, 1)}
-        if committed == stops or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    group.close()
-    # The source commits its offsets on checkpoints, but only for monitoring and best effort: the commit
-    # of the final checkpoint can be cut off when a bounded job ends. Exactness is checked on the outputs.
-    assert all(committed[p] is not None and 0 < committed[p] <= stops[p] for p in stops), (committed, stops)
-
+    # No check of the group's committed offsets here: the source commits them when a checkpoint completes,
+    # and a bounded job that reads everything before its first periodic checkpoint (a fast machine) ends
+    # with only the final checkpoint, whose commit Flink may cut off. Exactness is checked on the outputs;
+    # the commit itself is checked where the job runs on (tests/test_stream_pipeline.py, consumer lag → 0).
     got = _read_all(kafka, [TEXT_TOPIC, BINARY_TOPIC, META_TOPIC])
     by_topic = Counter(r.topic for r in got)
     n_binary = sum(1 for i in range(N_RECORDS) if i % 7 == 3)

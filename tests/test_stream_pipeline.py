@@ -18,7 +18,7 @@ from monitoring import exported
 from monitoring import metrics as names
 from streaming.events import MAX_EVENT_BYTES, Event
 from streaming.job import StreamConfig
-from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
+from streaming.pipeline import JobProcess, OutputMonitor, consumer_lag, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
@@ -119,6 +119,9 @@ def test_hostile_and_malformed_events_never_stop_the_job(kafka, serve, ml100k, t
         replay(events, kafka, topics.events, ReplayConfig(rate=None))
         wait_for(lambda: monitor.snapshot().scores >= len(events)
                  and monitor.snapshot().dead_letters >= len(BAD) + 1, job, 240, "all scores and dead letters")
+        # the source commits the group's offsets on checkpoints (what `consumer_lag` monitoring reads)
+        wait_for(lambda: consumer_lag(kafka, topics.events, f"job-{topics.events}") == 0, job, 60,
+                 "the job's committed offsets to reach the end of the events topic")
         time.sleep(3)  # a later checkpoint must not add anything
         metrics = scrape(metrics_port)
     finally:
