@@ -217,12 +217,16 @@ def build_job(env, cfg: StreamConfig) -> None:
             self.m_batches = group.counter(names.SCORE_BATCHES)
             self.m_errors = group.counter(names.INFERENCE_ERRORS)
             self.m_unscorable = group.counter(f"{names.DEAD_LETTERS}_{UNSCORABLE}")
-            # LLM requests this process made, counted in the backends themselves: must stay 0
-            group.gauge(names.LLM_CALLS, llm_calls_made)
+            # No Python gauges here: in thread mode Flink's reporter thread would call into the embedded
+            # interpreter while the task thread runs it, and a scrape crashes the JVM (SIGSEGV in pemja).
+            # Counters and distributions are Java objects updated from the task thread.
+            # LLM requests this process made, counted in the backends themselves (must stay 0):
+            self.m_llm = group.counter(names.LLM_CALLS)
+            self.llm_calls_seen = llm_calls_made()
             self.m_batch_size = group.distribution(names.SCORE_BATCH_SIZE)
             self.m_latency = group.distribution(names.INFERENCE_LATENCY_MS)
             self.m_event_to_score = group.distribution(names.EVENT_TO_SCORE_MS)
-            group.gauge(names.PENDING_SCORES, lambda: sum(self.pending_counts.values()))
+            self.m_pending = group.distribution(names.PENDING_SCORES)  # the last value is exported
             self.m_staleness = group.distribution(names.BEHAVIOR_STALENESS_EVENTS)
             self.behavior = None
             if cfg.behavior_url:
@@ -342,6 +346,14 @@ def build_job(env, cfg: StreamConfig) -> None:
                 self.polling.add(shard)
 
         def _flush(self, ctx, shard: int):
+            yield from self._flush_once(ctx, shard)
+            self.m_pending.update(sum(self.pending_counts.values()))
+            calls = llm_calls_made()
+            if calls != self.llm_calls_seen:
+                self.m_llm.inc(calls - self.llm_calls_seen)
+                self.llm_calls_seen = calls
+
+        def _flush_once(self, ctx, shard: int):
             raw = list(self.pending.get() or [])
             if not raw:
                 self.pending_counts[shard] = 0

@@ -155,6 +155,13 @@ def test_reasoner_skips_unknown_items_and_users_without_any(ml100k_sequences, ar
     assert not set(results[0]["items"]) & set(known[-20:])
     assert results[1]["items"] == [] and "no known item" in results[1]["skipped"]
 
+    reasoner.check()  # Serve's health check: one user's inference fills every slot
+    with torch.no_grad():
+        for parameter in reasoner.model.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="no usable inference"):
+        reasoner.check()
+
 
 def test_knowledge_init_changes_the_starting_item_tokens():
     torch.manual_seed(0)

@@ -65,3 +65,19 @@ def test_demo_help_lists_its_steps(capsys):
         main(["demo", "--help"])
     assert exit_info.value.code == 0
     assert "ML-100K" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("summary", "status", "message"), [
+    ({"scores": 10, "dead_letters": 0, "replay_error": None}, 0, ""),
+    ({"scores": 8, "dead_letters": 2, "replay_error": None}, 0, ""),
+    ({"scores": 7, "dead_letters": 1, "replay_error": None}, 1, "2 of 10 events have neither scores nor a dead letter"),
+    ({"scores": 4, "dead_letters": 0, "replay_error": "KafkaTimeoutError()"}, 1, "the replay failed after 4 events"),
+])
+def test_stream_run_exits_nonzero_when_events_are_lost(monkeypatch, capsys, summary, status, message):
+    import streaming.runner
+
+    full = {"events": 10, "sent": summary["scores"], **summary}
+    monkeypatch.setattr(streaming.runner, "run_pipeline", lambda opts, out=None: full)
+    assert main(["stream", "run", "--limit", "10"]) == status
+    err = capsys.readouterr().err
+    assert (message in err) if message else err == ""
