@@ -88,9 +88,9 @@ ML1M_HELP = (
 
 LINKS_DIR = Path(__file__).with_name("links")
 LINK_TABLES = {  # item id → Freebase entity, re-keyed (ranking/links/README.md)
-    "ml-100k": RawFile("ml-100k-freebase-links.tsv",
+    "ml-100k": RawFile("freebase-links-ml-100k.tsv",
                        "5092a3966ead3f55c62184fa3e407f947be8a4aaa7642dca34d7d6c2ddaa7e35", 1_509),
-    "ml-1m": RawFile("ml-1m-freebase-links.tsv",
+    "ml-1m": RawFile("freebase-links-ml-1m.tsv",
                      "4c7b18c9f41296ca1ac5ed89c8dfa30a76caa0130ab4027f361b1752a5261a66", 1_598),
 }
 
