@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -23,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.results import write_result as write_json
 from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
 from inference.behavior.sampling import SamplingConfig, sample_cached, sample_reference
 from inference.behavior.train import BehaviorTrainConfig, infer_items, inferred_extras, train_behavior
 from ranking.evaluate import evaluate
-from ranking.experiment import machine_description
 from ranking.splits import SequenceData
 from ranking.train import TrainConfig, model_scorer, pick_device, train_ranker
 
@@ -271,12 +270,8 @@ def plain_transformer_forward(cfg: BehaviorConfig, history: int, batch: int, rep
 
 
 def write_result(result: dict[str, Any], out_dir: str | Path, name: str) -> Path:
-    """JSON with the machine and time beside the numbers."""
-    path = Path(out_dir) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**result, "machine": machine_description(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path.write_text(json.dumps(payload, indent=2))
-    return path
+    """JSON with commit, command, machine and time beside the numbers."""
+    return write_json(result, name, out_dir)
 
 
 def ablation_table(result: dict[str, Any]) -> str:

@@ -19,12 +19,12 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.results import write_result as write_json
 from ranking.evaluate import evaluate
 from ranking.splits import SequenceData
 from ranking.train import TrainConfig, model_scorer, train_ranker
@@ -197,11 +197,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         result["config"] = cfg.to_dict()
         result["ablation"] = ablation(data, cfg, vectors, args)
     result["wall_seconds"] = round(time.time() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     part = f"ablation-{result['embeddings_source']}" if "ablation" in args.part else "intents"
-    path = out / f"knowledge-{args.dataset}-{part}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=True))
+    path = write_json(result, f"knowledge-{args.dataset}-{part}.json", args.out)
     print(markdown(result))
     print(f"\nmachine: {result['machine']}; wall {result['wall_seconds']:.0f} s; JSON: {path}")
     return 0

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench.results import RESULTS_DIR
+from bench.results import write_result as write_json
 from ranking.experiment import (
     dataset_record,
     evaluate_popularity,
@@ -77,8 +78,6 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_result(result: dict[str, Any], out_dir: Path = Path("bench/results")) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"quality-{result['dataset']['name']}.json"
-    path.write_text(json.dumps(result, indent=2))
-    return path
+def write_result(result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
+    """bench/results/quality-<dataset>.json, with commit, command and machine."""
+    return write_json(result, f"quality-{result['dataset']['name']}.json", out_dir)

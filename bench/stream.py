@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench.results import RESULTS_DIR
+from bench.results import write_result as write_json
 from streaming.job import MODES, StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.scoring import covered_events
@@ -276,12 +278,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_result(result: dict[str, Any], out_dir: Path = Path("bench/results")) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULT_NAME
-    path.write_text(json.dumps(result, indent=2))
-    return path
+def write_result(result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
+    """bench/results/stream.json, with commit and machine (the result names its own command)."""
+    return write_json(result, RESULT_NAME, out_dir, command=result.get("command"))
 
 
 # -- summaries -----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -142,7 +143,26 @@ def test_markdown_table_from_a_fake_result(tmp_path):
     assert all(line.endswith("|") for line in lines)
     result = _fake_result()
     path = write_result(result, tmp_path)
-    assert path.name == "stream.json" and json.loads(path.read_text()) == result
+    written = json.loads(path.read_text())
+    assert path.name == "stream.json" and {k: written[k] for k in result} == result
+    assert len(written["git_commit"]) == 40 and isinstance(written["git_dirty"], bool)
+
+
+def test_results_name_their_commit_or_say_there_is_none(tmp_path):
+    import subprocess
+
+    from bench.results import git_state
+
+    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}  # not a checkout
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("1")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "commit", "-qm", "x"], check=True, env={**os.environ, **env})
+    clean = git_state(tmp_path)
+    assert len(clean["git_commit"]) == 40 and clean["git_dirty"] is False
+    (tmp_path / "f").write_text("2")
+    assert git_state(tmp_path) == {**clean, "git_dirty": True}
 
 
 def test_markdown_table_without_perf_tools():
