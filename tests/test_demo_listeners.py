@@ -131,13 +131,13 @@ def test_demo_listens_on_loopback_only_exports_job_metrics_and_calls_no_llm(tmp_
     assert result.get("scores") == 3000, output.getvalue()[-3000:]
     exported_values = [v for v in llm_calls if v is not None]
     assert exported_values and max(exported_values) == 0, llm_calls  # scraped while running, and zero
-    seen = set().union(*samples)
-    assert seen, "no listening sockets found for the demo's processes"
-    off_loopback = {(h, p, n, c) for h, p, n, c in servers(samples) if not is_loopback(h)}
+    lasting = servers(samples)
+    assert lasting, "no listening sockets found for the demo's processes"
+    off_loopback = {(h, p, n, c) for h, p, n, c in lasting if not is_loopback(h)}
     unexpected = {(h, p, n, c) for h, p, n, c in off_loopback if p != metrics_port and not _is_ray_process(n, c)}
     assert not unexpected, f"listeners off loopback beyond Ray's and the reporter's: {sorted(unexpected)}"
     # Kafka, the Flink job (REST, RPC, blob, data), its Python side and Serve's HTTP proxy are on loopback
-    ours = {(h, p, n) for h, p, n, c in seen if not _is_ray_process(n, c) and p != metrics_port}
+    ours = {(h, p, n) for h, p, n, c in lasting if not _is_ray_process(n, c) and p != metrics_port}
     assert ours and all(is_loopback(h) for h, _, _ in ours), sorted(ours)
     for name in REQUIRED_METRICS:
         assert name in scraped, f"{name} not exported by Flink's Prometheus reporter"
