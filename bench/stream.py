@@ -44,14 +44,17 @@ from typing import Any, TextIO
 
 from bench.results import RESULTS_DIR
 from bench.results import write_result as write_json
-from streaming.job import MODES, StreamConfig
+from streaming.config import MODES, StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
 
 RESULT_NAME = "stream.json"
-# the job has one design; rows still name it so results stay comparable with earlier runs of others
-DESIGNS = ("thread-batched",)
+# What the job scores with, each a row of the tables (the job itself is the same):
+# - noop: a no-op Ranker (NoopRanker below: same protocol, fixed items, no model): the plumbing ceiling;
+# - ranker: the Ray Serve Ranker;
+# - ranker+refresh: the Ranker, and the nearline behaviour refresh through the BehaviorReasoner.
+DESIGNS = ("noop", "ranker", "ranker+refresh")
 
 
 def _pom_property(name: str) -> str | None:
@@ -81,8 +84,9 @@ class StreamBenchOptions:
     step_seconds: float = 20.0
     settle_seconds: float = 10.0
     modes: tuple[str, ...] = MODES
-    designs: tuple[str, ...] = ("thread-batched",)
+    designs: tuple[str, ...] = DESIGNS
     artifact: str = "ml-100k"
+    behavior_artifact: str = "ml-100k"
     event_bytes: int = 200
     checkpoint_interval_ms: int = 2000
     timeout_seconds: float = 300.0
@@ -325,16 +329,18 @@ class Progress:
 
 
 class ScoreTimes(OutputMonitor):
-    """The OutputMonitor, also remembering when each event's first scores record arrived."""
+    """The OutputMonitor of scores and dead letters (not states), remembering when each event's first scores
+    record arrived."""
 
     def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
-        super().__init__(bootstrap_servers, topics)
+        super().__init__(bootstrap_servers, topics, watch_states=False)
         self.first_seen: dict[str, tuple[int, int]] = {}  # event_id → (arrival ms, event→score ms)
         self.duplicates = 0
 
     def _observe(self, topic: str, key: bytes, value: bytes, now_ms: int) -> None:
-        super()._observe(topic, key, value, now_ms)
-        if topic == self.topics.user_scores:
+        if topic != self.topics.user_scores:
+            super()._observe(topic, key, value, now_ms)
+        else:
             for event_id, kafka_ts in covered_events(json.loads(value)):
                 if event_id in self.first_seen:
                     self.duplicates += 1
@@ -508,11 +514,52 @@ def kafka_perf_tools(bootstrap: str, classpath: str, events: int, timeout_s: flo
 
 
 @dataclass
+class NoopRanker:
+    """The Ranker protocol with no model behind it (fixed items for everyone), on 127.0.0.1: what the job
+    costs when scoring is free — the plumbing ceiling. A bench stand-in, never used by the product."""
+
+    def __enter__(self) -> NoopRanker:
+        import http.server
+        import threading
+
+        items = [str(i) for i in range(1, 11)]
+        scores = [1.0 - i / 10 for i in range(len(items))]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                results = [{"user_id": u.get("user_id"), "items": items, "scores": scores}
+                           for u in body.get("users", [])]
+                reply = json.dumps({"model_version": "noop", "results": results}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rank"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="noop-ranker", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class _Shared:
     """What every pipeline run needs: the broker, Serve, the events, the options."""
 
     bootstrap: str
     serve_url: str
+    behavior_url: str
+    noop_url: str
     known_items: list[str]
     events: list[Any]
     opts: StreamBenchOptions
@@ -550,7 +597,9 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                           dead_letter=f"bench-dl-{tag}")
     ensure_topics(shared.bootstrap, topics)
     work = shared.work / f"{design}-{mode}-{round_no}"
-    cfg = StreamConfig(bootstrap_servers=shared.bootstrap, serve_url=shared.serve_url,
+    cfg = StreamConfig(bootstrap_servers=shared.bootstrap,
+                       serve_url=shared.noop_url if design == "noop" else shared.serve_url,
+                       behavior_url=shared.behavior_url if design == "ranker+refresh" else None,
                        known_items=shared.known_items, topics=topics, mode=mode,
                        checkpoint_dir=str(work / "checkpoints"), checkpoint_interval_ms=opts.checkpoint_interval_ms,
                        group_id=f"bench-{tag}", transactional_id_prefix=f"bench-{tag}",
@@ -676,10 +725,14 @@ def run_stream_bench(opts: StreamBenchOptions, progress: TextIO = sys.stderr) ->
     failed = False
     try:
         log(f"starting the embedded Kafka and Ray Serve ({opts.artifact}); work dir {work}")
-        with EmbeddedKafka() as kafka, LocalServe(opts.artifact) as served:
+        behavior = opts.behavior_artifact if "ranker+refresh" in opts.designs else None
+        with EmbeddedKafka() as kafka, LocalServe(opts.artifact, behavior_artifact=behavior) as served, \
+                NoopRanker() as noop:
             result["model_version"] = served.model_version
+            result["behavior_model_version"] = served.behavior_version or None
             result["bootstrap"] = kafka.bootstrap_servers
-            shared = _Shared(kafka.bootstrap_servers, served.url, list(dataset.items.item_id), events, opts, work, log)
+            shared = _Shared(kafka.bootstrap_servers, served.url, served.behavior_url, noop.url,
+                             list(dataset.items.item_id), events, opts, work, log)
             for round_no in range(1, opts.runs + 1):
                 log(f"round {round_no}/{opts.runs}: (a) Kafka passthrough")
                 _kafka_round(result, shared, tools, jars.broker_classpath)
@@ -762,7 +815,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(defaults.modes),
                         help="output modes (default both)")
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=list(defaults.designs),
-                        help="job designs (default thread-batched)")
+                        help="what the job scores with: noop (a no-op Ranker, the plumbing ceiling), ranker "
+                             "(the Serve Ranker), ranker+refresh (and the nearline behaviour refresh); default all")
+    parser.add_argument("--behavior-artifact", default=defaults.behavior_artifact,
+                        help="behaviour artifact for ranker+refresh (default: latest ml-100k); never trained here")
     parser.add_argument("--artifact", default=defaults.artifact,
                         help="ranker artifact for Serve (default: latest ml-100k); the bench never trains")
     parser.add_argument("--event-bytes", type=int, default=defaults.event_bytes,
@@ -811,7 +867,8 @@ def options_from_args(args: argparse.Namespace) -> StreamBenchOptions:
     return StreamBenchOptions(events=args.events, runs=args.runs, rates=tuple(args.rates),
                               step_seconds=args.step_seconds, settle_seconds=args.settle_seconds,
                               modes=tuple(dict.fromkeys(args.modes)), designs=tuple(dict.fromkeys(args.designs)),
-                              artifact=args.artifact, event_bytes=args.event_bytes,
+                              artifact=args.artifact, behavior_artifact=args.behavior_artifact,
+                              event_bytes=args.event_bytes,
                               checkpoint_interval_ms=args.checkpoint_interval_ms, timeout_seconds=args.timeout_seconds,
                               perf_tools=args.perf_tools, job_settings=parse_job_settings(args.job_set),
                               flink_conf=dict(split_setting(s) for s in args.flink_conf), work_dir=args.work_dir,

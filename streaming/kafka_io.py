@@ -28,7 +28,7 @@ from typing import Literal
 
 from pyflink import java_gateway as pyflink_gateway
 from pyflink.common import Configuration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
     KafkaOffsetResetStrategy,
@@ -44,6 +44,7 @@ from streaming.jvm_deps import JvmJars
 LOOPBACK = "127.0.0.1"
 DESERIALIZER_CLASS = "io.reaseq.flink.RawRecordDeserializer"
 SERIALIZER_CLASS = "io.reaseq.flink.TopicKeyValueSerializer"
+SHARDED_DESERIALIZER_CLASS = "io.reaseq.flink.ShardedRecordDeserializer"
 
 RAW_FIELDS = ["key", "value", "partition", "offset", "timestamp"]
 #: Type of the rows :func:`raw_kafka_source` produces: key/value bytes (key may be None), partition,
@@ -52,6 +53,8 @@ RAW_TYPE = Types.ROW_NAMED(
     RAW_FIELDS,
     [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(), Types.LONG()],
 )
+#: Type of the rows of :func:`raw_kafka_source` with ``shards``: the user's shard and the raw row.
+SHARDED_TYPE = Types.ROW_NAMED(["shard", "record"], [Types.INT(), RAW_TYPE])
 #: Type of the rows :func:`keyed_kafka_sink` consumes: target topic, key bytes, value bytes.
 OUTPUT_TYPE = Types.ROW_NAMED(
     ["topic", "key", "value"],
@@ -61,14 +64,14 @@ OUTPUT_TYPE = Types.ROW_NAMED(
 Starting = Literal["earliest", "committed", "latest"]
 
 
-def _java_object(class_name: str) -> object:
+def _java_object(class_name: str, *args: object) -> object:
     """A new instance of a glue class, or a clear error when the glue jar is not loaded."""
     jvm = get_gateway().jvm
     try:
         cls = jvm
         for part in class_name.split("."):
             cls = getattr(cls, part)
-        return cls()
+        return cls(*args)
     except Exception as exc:  # py4j raises a generic error for an unknown class
         raise RuntimeError(
             f"Java class {class_name} is not loaded: put the glue jar (streaming.jvm_deps.resolve_jars()"
@@ -93,8 +96,12 @@ def raw_kafka_source(
     starting: Starting,
     stopping_offsets: Mapping[int, int] | None = None,
     properties: Mapping[str, str] | None = None,
+    shards: int | None = None,
 ) -> KafkaSource:
     """A KafkaSource of ``Row(key, value, partition, offset, timestamp)`` with the records' own bytes.
+
+    With ``shards``, rows are :data:`SHARDED_TYPE` instead, ``Row(shard, Row(key, value, …))``, the
+    shard of the JSON value's ``user_id`` computed in Java (see :func:`keyed_by_shard`).
 
     Reads with ``isolation.level=read_committed``. ``starting='committed'`` resumes from the
     group's committed offsets (earliest when it has none); a restore from a checkpoint or savepoint
@@ -114,8 +121,24 @@ def raw_kafka_source(
     if stopping_offsets is not None:
         stops = {KafkaTopicPartition(topic, int(p)): int(off) for p, off in stopping_offsets.items()}
         builder.set_bounded(KafkaOffsetsInitializer.offsets(stops))
-    builder._j_builder.setDeserializer(_java_object(DESERIALIZER_CLASS))
+    deserializer = (_java_object(DESERIALIZER_CLASS) if shards is None
+                    else _java_object(SHARDED_DESERIALIZER_CLASS, int(shards)))
+    builder._j_builder.setDeserializer(deserializer)
     return builder.build()
+
+
+def keyed_by_shard(sharded: DataStream) -> KeyedStream:
+    """Key a :data:`SHARDED_TYPE` stream by its shard in Java: a keyed Python operator on the result gets
+    the raw rows (:data:`RAW_TYPE`) and the shard as its current key.
+
+    ``DataStream.key_by`` would run a Python function per record only to build the ``Row(key, value)``
+    that PyFlink's keyed operators read; the sharded source emits that row already, so this does the
+    rest of what ``key_by`` does (Java ``keyBy`` on field 0) and skips one Python crossing per event.
+    """
+    gateway = get_gateway()
+    j_keyed = sharded._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(),
+                                           Types.ROW([Types.INT()]).get_java_type_info())
+    return KeyedStream(j_keyed, RAW_TYPE, sharded)
 
 
 def raw_stream(env: StreamExecutionEnvironment, source: KafkaSource, name: str = "kafka-source") -> DataStream:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streaming.job import StreamConfig
+from streaming.config import StreamConfig
 from streaming.pipeline import JobProcess, MonitorStats, OutputMonitor, consumer_lag, latest_checkpoint
 from streaming.topics import TopicsConfig, ensure_topics
 

@@ -29,26 +29,45 @@ OutputRecord = tuple[str, bytes, bytes]
 
 
 @dataclass(frozen=True)
-class PendingScore:
-    """A state waiting for scores: the user's state after one event, and that event's times."""
+class PendingEvent:
+    """An applied event whose scores are still owed: what the job keeps in keyed state until they are out."""
 
-    state: UserState
+    user_id: str
     event_id: str
     event_kafka_ts: int  # the event's Kafka record timestamp (ms): start of event→score latency
 
     def to_bytes(self) -> bytes:
-        """Compact form for keyed state: only what scoring and the scores record need."""
-        s = self.state
-        return json.dumps([s.user_id, s.version, s.last_event_ts, list(s.recent_items), list(s.inferred_items),
-                           s.inferred_model_version, self.event_id, self.event_kafka_ts],
-                          separators=(",", ":")).encode()
+        return json.dumps([self.user_id, self.event_id, self.event_kafka_ts], separators=(",", ":")).encode()
 
     @staticmethod
-    def from_bytes(raw: bytes) -> PendingScore:
-        user, version, event_ts, recent, inferred, inferred_version, event_id, kafka_ts = json.loads(raw)
-        state = UserState(user_id=user, version=version, last_event_ts=event_ts, recent_items=tuple(recent),
-                          inferred_items=tuple(inferred), inferred_model_version=inferred_version)
-        return PendingScore(state, event_id, kafka_ts)
+    def from_bytes(raw: bytes) -> PendingEvent:
+        user, event_id, kafka_ts = json.loads(raw)
+        return PendingEvent(user, event_id, kafka_ts)
+
+
+@dataclass(frozen=True)
+class PendingScore:
+    """A state waiting for scores: the user's state (its newest when the call is made) and one event's times."""
+
+    state: UserState
+    event_id: str
+    event_kafka_ts: int
+
+    def event(self) -> PendingEvent:
+        return PendingEvent(self.state.user_id, self.event_id, self.event_kafka_ts)
+
+
+def with_states(pending: list[PendingEvent], state_of: Callable[[str], UserState | None]) -> list[PendingScore]:
+    """The pending events with their users' newest states (a user without a state is skipped: TTL expired)."""
+    states: dict[str, UserState | None] = {}
+    out = []
+    for item in pending:
+        if item.user_id not in states:
+            states[item.user_id] = state_of(item.user_id)
+        state = states[item.user_id]
+        if state is not None:
+            out.append(PendingScore(state, item.event_id, item.event_kafka_ts))
+    return out
 
 
 def ranker_request(pending: list[PendingScore]) -> list[dict[str, Any]]:
@@ -136,13 +155,13 @@ class FlushResult:
 
 def score_pending(pending: list[PendingScore], score: Callable[[list[PendingScore]], dict[str, Any]],
                   serve_alive: Callable[[], bool], failures: int, policy: RetryPolicy, topic: str,
-                  coalesce_users: bool = True, now_ms: Callable[[], int] | None = None) -> FlushResult:
+                  now_ms: Callable[[], int] | None = None) -> FlushResult:
     """Score a shard's pending requests with `score` (one Serve call per list of newest states).
 
     `failures` is how many times in a row this shard's batch failed while Serve answered probes.
     Never raises a Serve error: every pending request ends scored, unscorable or kept.
     """
-    groups = coalesce(pending) if coalesce_users else [[p] for p in pending]
+    groups = coalesce(pending)
     try:
         response = score([g[-1] for g in groups])
         return FlushResult(coalesced_score_records(groups, response, topic, now_ms), [], [], calls=1)

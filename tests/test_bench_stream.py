@@ -183,3 +183,16 @@ def test_job_settings_are_typed_like_the_config():
         parse_job_settings(["no_such_field=1"])
     with pytest.raises(ValueError):
         parse_job_settings(["batch_size"])
+
+
+def test_noop_ranker_answers_the_ranker_protocol_the_job_checks():
+    from bench.stream import NoopRanker
+    from inference.serve.client import RankerClient
+
+    with NoopRanker() as noop:
+        assert noop.url.startswith("http://127.0.0.1:")
+        client = RankerClient(noop.url, retries=0)
+        reply = client.score([{"user_id": "7", "recent_items": ["1"]}, {"user_id": "8"}], top_k=10)
+        assert client.probe()
+    assert reply["model_version"] == "noop" and [r["user_id"] for r in reply["results"]] == ["7", "8"]
+    assert all(len(r["items"]) == len(r["scores"]) == 10 for r in reply["results"])

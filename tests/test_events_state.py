@@ -192,13 +192,17 @@ def test_consumers_keep_only_newer_versions():
     assert not newer(2, 2) and not newer(1, 2)
 
 
-def test_pending_score_round_trip_keeps_what_scoring_needs():
-    from streaming.scoring import PendingScore, ranker_request, score_records
+def test_pending_events_round_trip_and_are_scored_at_their_users_newest_state():
+    from streaming.scoring import PendingEvent, ranker_request, score_records, with_states
 
     state = None
     for n, item in enumerate(["1", "2"]):
         state, _ = apply_event(state, _event(n, item))
-    pending = PendingScore.from_bytes(PendingScore(state, "e1", 1234).to_bytes())
+    kept = [PendingEvent.from_bytes(PendingEvent(u, e, ts).to_bytes()) for u, e, ts in [("u1", "e1", 1234),
+                                                                                          ("gone", "e9", 1)]]
+    assert kept[0] == PendingEvent("u1", "e1", 1234)
+    [pending] = with_states(kept, {"u1": state}.get)  # a user whose state expired has nothing to score
+    assert pending.state is state and pending.event() == kept[0]
     assert ranker_request([pending]) == [{"user_id": "u1", "recent_items": ["1", "2"], "inferred_items": []}]
     response = {"model_version": "v1", "results": [{"items": ["9", "8"], "scores": [0.9, 0.8]}]}
     [(topic, key, value)] = score_records([pending], response, "scores", now_ms=lambda: 2000)

@@ -150,7 +150,52 @@ def test_glue_jar_is_in_pipeline_jars(jars: JvmJars) -> None:
     assert any(p.name.startswith("flink-sql-connector-kafka-") for p in jars.connector_jars)
     with zipfile.ZipFile(jars.glue_jar) as jar:
         names = set(jar.namelist())
-    assert {"io/reaseq/flink/RawRecordDeserializer.class", "io/reaseq/flink/TopicKeyValueSerializer.class"} <= names
+    assert {"io/reaseq/flink/RawRecordDeserializer.class", "io/reaseq/flink/TopicKeyValueSerializer.class",
+            "io/reaseq/flink/ShardedRecordDeserializer.class"} <= names
+
+
+SHARD_CHECK = """
+import io.reaseq.flink.ShardedRecordDeserializer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+public class ShardCheck {
+    public static void main(String[] args) throws Exception {
+        int shards = Integer.parseInt(args[0]);
+        for (int i = 1; i < args.length; i++) {
+            byte[] value = Files.readAllBytes(Path.of(args[i]));
+            System.out.println(ShardedRecordDeserializer.shardOf(value, shards));
+        }
+    }
+}
+"""
+
+
+def test_the_source_shards_users_as_the_job_does_and_never_throws(jars: JvmJars, tmp_path: Path) -> None:
+    """The Java deserializer keys each record by crc32(user_id) % shards, the job's own `shard_of`, so a
+    user's state lives in one shard; records it cannot read go to shard 0 (the job dead-letters them)."""
+    import pyflink
+
+    from streaming.config import shard_of
+
+    users = ["1", "42", "943", "user-é", "ユーザー", "a" * 300]
+    values = [json.dumps({"event_id": f"e{i}", "user_id": u, "item_id": "1", "action": "rate", "ts": 1}).encode()
+              for i, u in enumerate(users)]
+    hostile = [b"", b"not json", b"[1,2]", b'{"user_id": 7}', b'{"x": {"user_id": "9"}}', b'{"user_id": "5"',
+               b"\xff\xfe", b'{"user_id": "1", "user_id": "2"}']
+    expected = [shard_of(u, 7) for u in users] + [0, 0, 0, 0, 0, shard_of("5", 7), 0, shard_of("2", 7)]
+    paths = []
+    for i, value in enumerate(values + hostile):
+        paths.append(tmp_path / f"v{i}")
+        paths[-1].write_bytes(value)
+    source = tmp_path / "ShardCheck.java"
+    source.write_text(SHARD_CHECK)
+    dist = sorted((Path(pyflink.__file__).parent / "lib").glob("flink-dist-*.jar"))
+    classpath = ":".join(str(p) for p in [jars.glue_jar, *jars.connector_jars, *dist])
+    run = subprocess.run(["java", "-cp", classpath, str(source), "7", *map(str, paths)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [int(line) for line in run.stdout.split()] == expected
 
 
 def _fake_glue(tmp_path: Path) -> Path:

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from streaming.job import StreamConfig
+from streaming.config import StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events

@@ -16,8 +16,8 @@ import pytest
 
 from monitoring import exported
 from monitoring import metrics as names
+from streaming.config import StreamConfig
 from streaming.events import MAX_EVENT_BYTES, Event
-from streaming.job import StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor, consumer_lag, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
