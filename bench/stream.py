@@ -513,7 +513,6 @@ def kafka_perf_tools(bootstrap: str, classpath: str, events: int, timeout_s: flo
     return parse_producer_perf(produced), parse_consumer_perf(consumed)
 
 
-@dataclass
 class NoopRanker:
     """The Ranker protocol with no model behind it (fixed items for everyone), on 127.0.0.1: what the job
     costs when scoring is free — the plumbing ceiling. A bench stand-in, never used by the product."""
@@ -553,6 +552,7 @@ class NoopRanker:
         self.server.server_close()
 
 
+@dataclass
 class _Shared:
     """What every pipeline run needs: the broker, Serve, the events, the options."""
 
