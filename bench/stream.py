@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench.cpu import ROLES, cpu_by_role, per_event_us
 from bench.results import RESULTS_DIR
 from bench.results import write_result as write_json
 from streaming.config import MODES, StreamConfig
@@ -262,17 +263,28 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{_fmt(row.get('ratio_to_kafka_python_loop'), 2)} | "
                      f"{_fmt(row.get('ratio_to_producer_perf'), 2)} | {all_runs} |")
 
+    lines += ["", "**Where the cores went during (b)**: CPU µs per event by process, from the first scores to the last "
+              "(/proc; the bench process holds the producer and the output monitor)", "",
+              "| design | mode | " + " | ".join(ROLES) + " | total | behaviour staleness p99 (events) |",
+              "|---|---|" + "---:|" * (len(ROLES) + 2)]
+    for row in result["pipeline"]:
+        cpu = row.get("median_cpu_us_per_event") or {}
+        total = sum(v for v in cpu.values() if v is not None) if cpu else None
+        lines.append(f"| {row['design']} | {row['mode']} | " + " | ".join(_fmt(cpu.get(r)) for r in ROLES) +
+                     f" | {_fmt(total)} | {_fmt(row.get('median_staleness_events_p99'), 1)} |")
+
     secs = result["options"]["step_seconds"]
     lines += ["", f"**Event→score latency at fixed rates** ({secs:g} s per step, warm job; "
               f"checkpoint interval {result['options']['checkpoint_interval_ms']} ms)", "",
               "| design | mode | target events/s | sent events/s | p50 ms | p99 ms | kept up | drain s | "
-              "p99 all runs |", "|---|---|---:|---:|---:|---:|---|---:|---|"]
+              "p99 all runs | staleness p99 (events) |", "|---|---|---:|---:|---:|---:|---|---:|---|---:|"]
     for row in result["latency"]:
         kept = f"{row['kept_up_runs']}/{len(row['runs'])}"
         all_p99 = ", ".join("error" if r.get("error") else _fmt(r.get("p99_ms")) for r in row["runs"])
         lines.append(f"| {row['design']} | {row['mode']} | {row['rate']:,.0f} | {_fmt(row.get('median_sent_rate'))} | "
                      f"{_fmt(row.get('median_p50_ms'))} | {_fmt(row.get('median_p99_ms'))} | {kept} | "
-                     f"{_fmt(row.get('median_drain_s'), 1)} | {all_p99} |")
+                     f"{_fmt(row.get('median_drain_s'), 1)} | {all_p99} | "
+                     f"{_fmt(row.get('median_staleness_events_p99'), 1)} |")
     lines += ["", f"machine: {result['machine']}; {result['cpu_count']} CPUs; load average at start "
               f"{result['loadavg_start']}, at end {result.get('loadavg_end')}; model {result.get('model_version')}",
               f"command: `{result.get('command', '')}`"]
@@ -306,6 +318,10 @@ def summarize(result: dict[str, Any]) -> None:
         row["median_startup_s"] = median(r.get("startup_s") for r in ok)
         row["ratio_to_kafka_python_loop"] = ratio(row["median_events_per_s"], loop["median_events_per_s"])
         row["ratio_to_producer_perf"] = ratio(row["median_events_per_s"], producer["median_records_per_s"])
+        row["median_cpu_us_per_event"] = {role: median(r.get("cpu_us_per_event", {}).get(role) for r in ok)
+                                          for role in ROLES}
+        if any("staleness_events_p99" in r for r in ok):
+            row["median_staleness_events_p99"] = median(r.get("staleness_events_p99") for r in ok)
     for row in result["latency"]:
         ok = [r for r in row["runs"] if not r.get("error")]
         row["median_p50_ms"] = median(r.get("p50_ms") for r in ok)
@@ -313,6 +329,8 @@ def summarize(result: dict[str, Any]) -> None:
         row["median_sent_rate"] = median(r.get("sent_rate") for r in ok)
         row["median_drain_s"] = median(r.get("drain_s") for r in ok)
         row["kept_up_runs"] = sum(1 for r in ok if r.get("kept_up"))
+        if any("staleness_events_p99" in r for r in ok):
+            row["median_staleness_events_p99"] = median(r.get("staleness_events_p99") for r in ok)
 
 
 # -- the parts that touch Kafka, Flink, Serve ------------------------------------------------------------
@@ -335,13 +353,16 @@ class ScoreTimes(OutputMonitor):
     def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
         super().__init__(bootstrap_servers, topics, watch_states=False)
         self.first_seen: dict[str, tuple[int, int]] = {}  # event_id → (arrival ms, event→score ms)
+        self.staleness: list[int] = []  # events_since_inference of every scores record
         self.duplicates = 0
 
     def _observe(self, topic: str, key: bytes, value: bytes, now_ms: int) -> None:
         if topic != self.topics.user_scores:
             super()._observe(topic, key, value, now_ms)
         else:
-            for event_id, kafka_ts in covered_events(json.loads(value)):
+            body = json.loads(value)
+            self.staleness.append(body.get("events_since_inference", 0))
+            for event_id, kafka_ts in covered_events(body):
                 if event_id in self.first_seen:
                     self.duplicates += 1
                 else:
@@ -620,9 +641,19 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
         monitor_started = True
         job_start_ms = time.time() * 1000
         job.start()
-        _wait(lambda: monitor.count(first_ids) >= len(first_ids), job, opts.timeout_seconds,
+        cpu_from: list = []  # (events scored, CPU by role) when the first scores arrive: start-up left out
+
+        def all_scored() -> bool:
+            scored = monitor.count(first_ids)
+            if scored and not cpu_from:
+                cpu_from.extend([scored, cpu_by_role(job.proc.pid if job.proc else None)])
+            return scored >= len(first_ids)
+
+        _wait(all_scored, job, opts.timeout_seconds,
               lambda: f"{design}/{mode} (b): scored {monitor.count(first_ids):,}/{len(first_ids):,} "
                       f"({time.time() - job_start_ms / 1000:.0f} s since the job started)", log)
+        cpu_us = per_event_us(cpu_from[1], cpu_by_role(job.proc.pid if job.proc else None),
+                              len(first_ids) - cpu_from[0])
         arrivals = [a for a, _ in monitor.seen(first_ids)]
         first_ms, last_ms = min(arrivals), max(arrivals)
         throughput = {"events": len(first), "scored": len(arrivals), "dead_letters": monitor.snapshot().dead_letters,
@@ -630,7 +661,11 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                       "seconds_first_to_last": round((last_ms - first_ms) / 1000, 3),
                       "events_per_s": rate_between(arrivals),
                       "events_per_s_from_start": len(arrivals) / ((last_ms - job_start_ms) / 1000),
-                      "job_log": str(job.log_path)}
+                      "cpu_us_per_event": cpu_us, "job_log": str(job.log_path)}
+        if design == "ranker+refresh":
+            with monitor._lock:
+                staleness = list(monitor.staleness)
+            throughput["staleness_events_p50"], throughput["staleness_events_p99"] = percentiles(staleness)
         log(f"{design}/{mode} (b): {_fmt(throughput['events_per_s'])} events/s first→last score, "
             f"{_fmt(throughput['events_per_s_from_start'])} from job start (start-up {throughput['startup_s']} s)")
         position = len(first)
@@ -641,6 +676,7 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
             ids = [e.event_id for e in step]
             records = _records(step, opts.event_bytes)
             log(f"{design}/{mode} (c): {count:,} events at {rate:g}/s")
+            stale_from = len(monitor.staleness)
             sent_s = send_records(producer, topics.events, records, rate)
             sent_end_ms = time.time() * 1000
             kept_up = _wait(lambda ids=ids: monitor.count(ids) >= len(ids), job, opts.settle_seconds,
@@ -661,6 +697,9 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                            "max_ms": max(latencies) if latencies else None,
                            "drain_s": round((max(a for a, _ in seen) - sent_end_ms) / 1000, 2) if seen else None,
                            "scored_total": len(seen)}
+            if design == "ranker+refresh":
+                step_result["staleness_events_p50"], step_result["staleness_events_p99"] = percentiles(
+                    monitor.staleness[stale_from:])
             steps.append(step_result)
             log(f"{design}/{mode} (c) {rate:g}/s: p50 {_fmt(p50)} ms, p99 {_fmt(p99)} ms, "
                 f"{'kept up' if kept_up else 'did NOT keep up'} ({within_settle:,}/{len(ids):,} within settle)")

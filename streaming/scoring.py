@@ -119,7 +119,9 @@ def score_records(pending: list[PendingScore], response: dict[str, Any], topic: 
         body = {"user_id": item.state.user_id, "version": item.state.version, "event_id": item.event_id,
                 "items": result["items"], "scores": result["scores"],
                 "model_version": response["model_version"],
-                "event_ts": item.state.last_event_ts, "event_kafka_ts": item.event_kafka_ts, "emit_ts": emit_ts}
+                "event_ts": item.state.last_event_ts, "event_kafka_ts": item.event_kafka_ts, "emit_ts": emit_ts,
+                # how many of the user's events its inferred behaviours have not seen (nearline freshness)
+                "events_since_inference": item.state.events - item.state.inferred_at_events}
         records.append((topic, item.state.user_id.encode(), json.dumps(body, separators=(",", ":")).encode()))
     return records
 

@@ -196,3 +196,24 @@ def test_noop_ranker_answers_the_ranker_protocol_the_job_checks():
         assert client.probe()
     assert reply["model_version"] == "noop" and [r["user_id"] for r in reply["results"]] == ["7", "8"]
     assert all(len(r["items"]) == len(r["scores"]) == 10 for r in reply["results"])
+
+
+def test_cpu_by_role_counts_the_job_tree_and_per_event_us_divides_by_events():
+    import subprocess
+    import sys
+    import time
+
+    from bench.cpu import ROLES, cpu_by_role, per_event_us, role_of
+
+    spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    job = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        before = cpu_by_role(job.pid)
+        time.sleep(2.0)
+        after = cpu_by_role(job.pid)
+    finally:
+        job.kill()
+        job.wait()
+    assert set(before) == set(ROLES) and after["job"] - before["job"] >= 0.2
+    assert per_event_us({r: 0.0 for r in ROLES}, {**{r: 0.0 for r in ROLES}, "job": 0.5}, 1000)["job"] == 500.0
+    assert role_of("ray::ServeReplica:ranker") == "serve" and role_of("java -cp x kafka.Kafka s.properties") == "kafka"
