@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")
     demo.add_argument("--no-behavior", action="store_true",
                       help="skip the behaviour model (the ranker then reads the log alone)")
-    demo.add_argument("--stream-behavior", action="store_true",
-                      help="also serve the behaviour model and refresh inferences nearline in the stream (off by "
-                           "default: on 2 CPU cores the pipeline then falls far behind 500 events/s)")
+    demo.add_argument("--no-stream-behavior", dest="stream_behavior", action="store_false",
+                      help="stream without the nearline behaviour refresh (by default the behaviour model is served "
+                           "beside the Ranker and the job refreshes users' inferred behaviours as events arrive)")
     demo.add_argument("--behavior-seconds", type=float, default=150.0,
                       help="time budget of the behaviour model's training (default 150 s)")
     return parser

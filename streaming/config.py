@@ -56,13 +56,15 @@ class StreamConfig:
     extra_flink_config: dict[str, str] = field(default_factory=dict)
     # nearline behaviour inference: the BehaviorReasoner route, None = off. A user is refreshed after
     # `behavior_refresh_events` new events or `behavior_refresh_ms` (streaming/behavior.py), in the
-    # background, one call in flight per shard; scores never wait for it. Budget: a shard sends refreshes
-    # only while its scoring keeps up (streaming/refresher.py), so when the job is behind, inferences
-    # get older before scores get later.
+    # background, one call in flight per shard; scores never wait for it. Budget (streaming/refresher.py):
+    # refreshes are sent only while the job keeps up (events reach it within behavior_max_lag_ms of
+    # their Kafka timestamp, and the shard owes at most one batch of scores), so when it falls behind,
+    # inferences get older before scores get later.
     behavior_url: str | None = None
     behavior_refresh_events: int = 5
     behavior_refresh_ms: int = 60_000
     behavior_batch_size: int = 64
+    behavior_max_lag_ms: int = 500  # refreshes wait while events reach the job later than this (behind)
     behavior_timeout_s: float = 10.0
     # extra Kafka client settings for the source and the sink (e.g. TLS: security.protocol, ssl.*)
     kafka_properties: dict[str, str] = field(default_factory=dict)

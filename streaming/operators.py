@@ -25,6 +25,7 @@ from monitoring import metrics as names
 from streaming.calls import ShardCalls
 from streaming.config import StreamConfig, shard_of
 from streaming.events import REASONS, UNSCORABLE, DeadLetter, dead_letter, dead_letter_key, parse_event
+from streaming.refresher import job_behind
 from streaming.scoring import (
     FlushResult,
     PendingEvent,
@@ -100,6 +101,9 @@ class UserScoring(KeyedProcessFunction):
         self.m_staleness = group.distribution(names.BEHAVIOR_STALENESS_EVENTS)
         # counted here, added to the metrics at most every METRICS_EVERY_MS (a metric update crosses into Java)
         self.events_in = self.states_out = 0
+        # how old the last event was when it was taken, and when: the job is behind while events keep
+        # coming late (an idle job is not behind, however old its last event)
+        self.taken_lag_ms = self.taken_at_ms = 0
         self.metrics_due = 0
         self.refresher = None
         if cfg.behavior_url:
@@ -167,6 +171,7 @@ class UserScoring(KeyedProcessFunction):
         if self.refresher is not None:
             self.refresher.note(shard, state)
         now = _now_ms()
+        self.taken_lag_ms, self.taken_at_ms = now - kafka_ts, now
         if shard not in self.oldest_due:
             self.oldest_due[shard] = now + self.cfg.max_wait_ms
         yield from self._step(ctx, shard, now)
@@ -208,7 +213,8 @@ class UserScoring(KeyedProcessFunction):
             if due and now >= self.not_before.get(shard, 0):
                 self._send(shard)
         if self.refresher is not None:
-            behind = self.pending_counts.get(shard, 0) > self.cfg.batch_size
+            behind = job_behind(self.taken_lag_ms, self.taken_at_ms, now, self.cfg.behavior_max_lag_ms,
+                                self.pending_counts.get(shard, 0), self.cfg.batch_size)
             step = self.refresher.step(shard, self._state, behind)
             if step.error is not None:
                 self.m_refresh_errors.inc()

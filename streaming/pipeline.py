@@ -107,6 +107,11 @@ class MonitorStats:
     dead_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     latencies_ms: list[int] = field(default_factory=list)
     version_regressions: int = 0
+    refreshes: int = 0  # state records made by a behaviour refresh (no new event)
+    staleness: list[int] = field(default_factory=list)  # events_since_inference of the scores records
+
+    def staleness_p99(self) -> float | None:
+        return float(np.percentile(np.asarray(self.staleness[-20000:]), 99)) if self.staleness else None
 
     def latency_percentiles(self) -> tuple[float, float]:
         if not self.latencies_ms:
@@ -179,12 +184,16 @@ class OutputMonitor:
             seen = self._seen_version.get(user)
             if newer(body["version"], seen):
                 self._seen_version[user] = body["version"]
+                previous = self.latest_state.get(user)
+                if previous is not None and previous.get("last_event_id") == body.get("last_event_id"):
+                    self.stats.refreshes += 1
                 self.latest_state[user] = body
             elif body["version"] < (seen or 0):
                 self.stats.version_regressions += 1
         else:
             covered = covered_events(body)
             self.stats.scores += len(covered)
+            self.stats.staleness.append(body.get("events_since_inference", 0))
             self.stats.latencies_ms.extend(max(0, now_ms - ts) for _, ts in covered)
             previous = self.latest_scores.get(user)
             if previous is None or body["version"] >= previous["version"]:
@@ -194,7 +203,8 @@ class OutputMonitor:
         with self._lock:
             stats = self.stats
             return MonitorStats(stats.states, stats.scores, stats.dead_letters, dict(stats.dead_reasons),
-                                list(stats.latencies_ms[-20000:]), stats.version_regressions)
+                                list(stats.latencies_ms[-20000:]), stats.version_regressions, stats.refreshes,
+                                list(stats.staleness[-20000:]))
 
 
 def consumer_lag(bootstrap_servers: str, topic: str, group_id: str) -> int | None:

@@ -4,9 +4,10 @@ Plain Python over `ShardCalls`, tested without Flink; the keyed operator feeds i
 back the states it returns. Wanted users and in-flight calls live only in memory: after a restore a
 user is asked again on its next event (the refresh rule still holds), so nothing needs checkpointing.
 
-Budget: a shard sends a refresh only while its scoring keeps up (`scoring_behind` False: no more than
-one batch of score requests waiting). When the job falls behind, wanted users collect (once each, at
-their newest state) and their inferences grow older; scores are not delayed for them.
+Budget: a shard sends a refresh only while the job keeps up (`scoring_behind` False: the operator
+judges it by how old the newest event it took is, and by the scores the shard owes). When the job
+falls behind, wanted users collect (once each, asked at their newest state) and their inferences grow
+older; scores are not delayed for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from typing import Any
 from streaming.behavior import RefreshPolicy, behavior_request, events_since_inference, needs_refresh, with_inference
 from streaming.calls import ShardCalls
 from streaming.state import UserState
+
+IDLE_AFTER_MS = 1_000  # no event for this long: the job is idle, not behind
+
+
+def job_behind(taken_lag_ms: int, taken_at_ms: int, now_ms: int, max_lag_ms: int, owed: int, batch_size: int) -> bool:
+    """Whether refreshes should wait: events still reach the job later than `max_lag_ms` after their Kafka
+    timestamp (the last one `taken_lag_ms` late, taken at `taken_at_ms`; an idle job is not behind), or the
+    shard owes more than one batch of scores."""
+    late = taken_lag_ms > max_lag_ms and now_ms - taken_at_ms < IDLE_AFTER_MS
+    return late or owed > batch_size
 
 
 @dataclass

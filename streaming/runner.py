@@ -60,7 +60,14 @@ def progress_line(sent: int, total: int, stats: MonitorStats, lag: int | None, e
     lag_text = "?" if lag is None else f"{lag:,}"
     return (f"\r[{elapsed:6.1f}s] events in {sent:,}/{total:,} | states {stats.states:,} | "
             f"scores {stats.scores:,} | dead letters {stats.dead_letters:,} | lag {lag_text} | "
-            f"event→score p50 {p50:.0f} ms p99 {p99:.0f} ms   ")
+            f"event→score p50 {p50:.0f} ms p99 {p99:.0f} ms{_refresh_text(stats)}   ")
+
+
+def _refresh_text(stats: MonitorStats) -> str:
+    """The nearline refresh part of the live line (empty while nothing was refreshed)."""
+    if not stats.refreshes:
+        return ""
+    return f" | refreshes {stats.refreshes:,}, staleness p99 {stats.staleness_p99():.0f} events"
 
 
 def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
@@ -136,9 +143,11 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
         summary = {"events": len(events), "sent": sent[0], "states": stats.states, "scores": stats.scores,
                    "dead_letters": stats.dead_letters, "p50_ms": p50, "p99_ms": p99,
                    "model_version": served.model_version, "seconds": round(time.monotonic() - started, 1),
+                   "refreshes": stats.refreshes, "staleness_p99_events": stats.staleness_p99(),
                    "replay_error": repr(replay_errors[0]) if replay_errors else None}
         print(f"\n{stats.scores:,} of {len(events):,} events scored, {stats.states:,} states, "
-              f"{stats.dead_letters} dead letters; event→score p50 {p50:.0f} ms, p99 {p99:.0f} ms", file=out)
+              f"{stats.dead_letters} dead letters; event→score p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+              f"{_refresh_text(stats)}", file=out)
         for user in sorted(monitor.latest_scores, key=lambda u: int(u) if u.isdigit() else 0)[:opts.show_users]:
             scores = monitor.latest_scores[user]
             state = monitor.latest_state.get(user, {})

@@ -227,3 +227,14 @@ def test_coalescing_scores_each_users_newest_state_and_covers_every_event():
     assert [r["version"] for r in records] == [3, 1]
     assert covered_events(records[0]) == [("a-1", 101), ("a-2", 102), ("a-3", 103)]
     assert records[0]["event_kafka_ts"] == 101  # latency counted from the oldest event it answers
+
+
+def test_live_line_shows_refreshes_and_staleness_once_the_refresh_runs():
+    from streaming.pipeline import MonitorStats
+    from streaming.runner import progress_line
+
+    quiet = progress_line(10, 100, MonitorStats(states=10, scores=10, latencies_ms=[5, 7]), 0, 1.0)
+    assert "refreshes" not in quiet
+    busy = MonitorStats(states=12, scores=10, latencies_ms=[5, 7], refreshes=2, staleness=[0] * 98 + [4, 9])
+    line = progress_line(10, 100, busy, 0, 1.0)
+    assert "refreshes 2" in line and "staleness p99 4 events" in line

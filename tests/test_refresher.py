@@ -96,3 +96,13 @@ def test_a_failed_refresh_is_reported_and_changes_no_state():
     _finish(refresher, 0)
     step = refresher.step(0, states.get, scoring_behind=False)
     assert isinstance(step.error, OSError) and not step.updated
+
+
+def test_refreshes_wait_while_events_arrive_late_or_scores_pile_up_but_not_when_idle():
+    from streaming.refresher import job_behind
+
+    assert not job_behind(taken_lag_ms=100, taken_at_ms=10_000, now_ms=10_050, max_lag_ms=500, owed=10, batch_size=64)
+    assert job_behind(taken_lag_ms=5_000, taken_at_ms=10_000, now_ms=10_050, max_lag_ms=500, owed=10, batch_size=64)
+    # the backlog is gone and nothing arrives: idle, so the users still owed a refresh get it
+    assert not job_behind(taken_lag_ms=5_000, taken_at_ms=10_000, now_ms=12_000, max_lag_ms=500, owed=0, batch_size=64)
+    assert job_behind(taken_lag_ms=0, taken_at_ms=10_000, now_ms=10_050, max_lag_ms=500, owed=65, batch_size=64)

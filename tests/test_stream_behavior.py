@@ -169,6 +169,7 @@ def test_killed_job_with_refresh_on_restores_exactly_once(kafka, serve_both, ml1
     assert sorted(covered) == sorted(e.event_id for e in events)  # each event answered exactly once
     states = [json.loads(v) for _, v in monitor.records[topics.user_state]]
     assert any(s["inferred_items"] for s in states), "no refresh reached user state"
+    assert monitor.snapshot().refreshes > 0  # state records made by a refresh, told apart from event records
     versions: dict[str, list[int]] = {}
     for state in states:
         versions.setdefault(state["user_id"], []).append(state["version"])
