@@ -45,6 +45,7 @@ from typing import Any, TextIO
 from bench.cpu import ROLES, cpu_by_role, per_event_us
 from bench.results import RESULTS_DIR
 from bench.results import write_result as write_json
+from bench.stages import python_stage_costs
 from streaming.config import MODES, StreamConfig
 from streaming.pipeline import JobProcess, OutputMonitor
 from streaming.scoring import covered_events
@@ -272,6 +273,20 @@ def markdown_table(result: dict[str, Any]) -> str:
         total = sum(v for v in cpu.values() if v is not None) if cpu else None
         lines.append(f"| {row['design']} | {row['mode']} | " + " | ".join(_fmt(cpu.get(r)) for r in ROLES) +
                      f" | {_fmt(total)} | {_fmt(row.get('median_staleness_events_p99'), 1)} |")
+
+    stages = result.get("python_stages_us")
+    if stages:
+        python_total = sum(stages.values())
+        lines += ["", "**The job's CPU per event, by stage** (µs; the Python stages timed outside Flink on the same "
+                  "events, the rest is the job's CPU from the table above minus them: Flink, PyFlink's Java↔Python "
+                  "crossings, the Kafka source and sink, the HTTP client)", "",
+                  "| design | mode | " + " | ".join(stages) + " | Flink, crossings, Kafka clients, HTTP | job total |",
+                  "|---|---|" + "---:|" * (len(stages) + 2)]
+        for row in result["pipeline"]:
+            job = (row.get("median_cpu_us_per_event") or {}).get("job")
+            rest = None if job is None else job - python_total
+            lines.append(f"| {row['design']} | {row['mode']} | " + " | ".join(_fmt(v, 1) for v in stages.values()) +
+                         f" | {_fmt(rest)} | {_fmt(job)} |")
 
     secs = result["options"]["step_seconds"]
     lines += ["", f"**Event→score latency at fixed rates** ({secs:g} s per step, warm job; "
@@ -755,6 +770,9 @@ def run_stream_bench(opts: StreamBenchOptions, progress: TextIO = sys.stderr) ->
                     for d in opts.designs for m in opts.modes for r in opts.rates],
         "errors": [],
     }
+    stage_events = _records(take_events(events, 0, min(opts.events, 20_000)), opts.event_bytes)
+    result["python_stages_us"] = python_stage_costs([v for _, v in stage_events], frozenset(dataset.items.item_id))
+    log(f"the job's Python per event, outside Flink (µs): {result['python_stages_us']}")
     tools = resolve_perf_tools(jars.broker_dir) if opts.perf_tools else {"jar": None, "version": None,
                                                                           "note": "skipped (--no-perf-tools)"}
     result["kafka"]["perf_tools"] = tools

@@ -217,3 +217,13 @@ def test_cpu_by_role_counts_the_job_tree_and_per_event_us_divides_by_events():
     assert set(before) == set(ROLES) and after["job"] - before["job"] >= 0.2
     assert per_event_us({r: 0.0 for r in ROLES}, {**{r: 0.0 for r in ROLES}, "job": 0.5}, 1000)["job"] == 500.0
     assert role_of("ray::ServeReplica:ranker") == "serve" and role_of("java -cp x kafka.Kafka s.properties") == "kafka"
+
+
+def test_python_stage_costs_time_the_jobs_own_functions_on_real_events(ml100k):
+    from bench.stages import python_stage_costs
+    from streaming.replay import interactions_to_events
+
+    events = interactions_to_events(ml100k.interactions, limit=300)
+    costs = python_stage_costs([e.to_json() for e in events], frozenset(ml100k.items.item_id), repeats=1)
+    assert set(costs) == {"parse", "state", "owed_scores", "scoring_bookkeeping"}
+    assert all(0 < v < 10_000 for v in costs.values())
