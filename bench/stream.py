@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -71,6 +72,7 @@ def _pom_property(name: str) -> str | None:
 
 
 PERF_TOOLS_FALLBACK_VERSION = _pom_property("kafka-tools.version")  # pinned in streaming/jvm/pom.xml
+AP_LOADER_VERSION = _pom_property("ap-loader.version")  # async-profiler for --profile-dir, pinned there too
 MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 PERF_RECORD_SIZE = 200
 JAVA_TOOL_OPTS = ("-Xmx512m", "-Duser.language=en", "-Duser.country=US", "-Djava.awt.headless=true")
@@ -97,6 +99,8 @@ class StreamBenchOptions:
     flink_conf: dict[str, str] = field(default_factory=dict)  # extra Flink configuration for the job
     work_dir: Path | None = None
     out: Path = Path("bench/results")
+    profile_dir: Path | None = None  # async-profiler on the job's JVM in round 1 of each design and mode
+    profile_seconds: float = 10.0
 
     def validate(self) -> None:
         if self.events < 1 or self.runs < 1:
@@ -287,6 +291,17 @@ def markdown_table(result: dict[str, Any]) -> str:
             rest = None if job is None else job - python_total
             lines.append(f"| {row['design']} | {row['mode']} | " + " | ".join(_fmt(v, 1) for v in stages.values()) +
                          f" | {_fmt(rest)} | {_fmt(job)} |")
+
+    profiled = [(row, r["profile"]) for row in result["pipeline"] for r in row["runs"]
+                if r.get("profile", {}).get("components")]
+    if profiled:
+        names = list(dict.fromkeys(name for _, p in profiled for name in p["components"]))
+        lines += ["", "**The job's JVM, sampled by async-profiler during (b), round 1** (share of CPU samples per "
+                  "part of the job, by the innermost frame that names one; flame graphs beside the JSON)", "",
+                  "| part | " + " | ".join(f"{row['design']}, {row['mode']}" for row, _ in profiled) + " |",
+                  "|---|" + "---:|" * len(profiled)]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(f"{p['components'].get(name, 0):.0%}" for _, p in profiled) + " |")
 
     secs = result["options"]["step_seconds"]
     lines += ["", f"**Event→score latency at fixed rates** ({secs:g} s per step, warm job; "
@@ -588,6 +603,45 @@ class NoopRanker:
         self.server.server_close()
 
 
+class _Profiler:
+    """async-profiler on the job's JVM for a while, from a thread, when `--profile-dir` is given."""
+
+    def __init__(self, shared: _Shared, job: JobProcess, name: str) -> None:
+        self.opts, self.job, self.name = shared.opts, job, name
+        self.started = False
+        self.thread: threading.Thread | None = None
+        self.outcome: dict[str, Any] = {}
+
+    def start(self) -> None:
+        if self.opts.profile_dir is None or self.job.proc is None:
+            return
+        self.started = True
+        self.thread = threading.Thread(target=self._run, name="profiler", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from bench.jvm_profile import components, profile_jvm, resolve_ap_loader
+
+        try:
+            jar = resolve_ap_loader(AP_LOADER_VERSION or "")
+            jvms = [int(p) for p in subprocess.run(["pgrep", "-P", str(self.job.proc.pid), "java"],
+                                                   capture_output=True, text=True).stdout.split()]
+            if jar is None or not jvms:
+                self.outcome = {"error": "no async-profiler jar" if jar is None else "the job's JVM was not found"}
+                return
+            stem = Path(self.opts.profile_dir) / f"job-{self.name}"
+            collapsed, html = profile_jvm(jar, jvms[0], self.opts.profile_seconds, stem)
+            self.outcome = {"html": str(html), "collapsed": str(collapsed), "seconds": self.opts.profile_seconds,
+                            "components": components(collapsed.read_text())}
+        except Exception as error:  # a profile is extra: the measurement stands without it
+            self.outcome = {"error": f"{type(error).__name__}: {error}"}
+
+    def result(self) -> dict[str, Any]:
+        if self.thread is not None:
+            self.thread.join(self.opts.profile_seconds + 180)
+        return self.outcome
+
+
 @dataclass
 class _Shared:
     """What every pipeline run needs: the broker, Serve, the events, the options."""
@@ -657,11 +711,14 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
         job_start_ms = time.time() * 1000
         job.start()
         cpu_from: list = []  # (events scored, CPU by role) when the first scores arrive: start-up left out
+        profiler = _Profiler(shared, job, f"{design}-{mode}".replace("+", "-")) if round_no == 1 else None
 
         def all_scored() -> bool:
             scored = monitor.count(first_ids)
             if scored and not cpu_from:
                 cpu_from.extend([scored, cpu_by_role(job.proc.pid if job.proc else None)])
+                if profiler is not None:
+                    profiler.start()
             return scored >= len(first_ids)
 
         _wait(all_scored, job, opts.timeout_seconds,
@@ -677,6 +734,8 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                       "events_per_s": rate_between(arrivals),
                       "events_per_s_from_start": len(arrivals) / ((last_ms - job_start_ms) / 1000),
                       "cpu_us_per_event": cpu_us, "job_log": str(job.log_path)}
+        if profiler is not None and profiler.started:
+            throughput["profile"] = profiler.result()
         if design == "ranker+refresh":
             with monitor._lock:
                 staleness = list(monitor.staleness)
@@ -760,7 +819,8 @@ def run_stream_bench(opts: StreamBenchOptions, progress: TextIO = sys.stderr) ->
         "machine": machine_description(), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "options": {**asdict(opts), "work_dir": str(opts.work_dir) if opts.work_dir else None, "out": str(opts.out)},
+        "options": {**asdict(opts), "work_dir": str(opts.work_dir) if opts.work_dir else None, "out": str(opts.out),
+                    "profile_dir": str(opts.profile_dir) if opts.profile_dir else None},
         "versions": _versions(jars.broker_dir), "dataset": "ml-100k",
         "event_bytes_mean": round(statistics.fmean(len(v) for _, v in sample), 1),
         "kafka": {"kafka_python_loop": {"runs": [], "event_bytes": opts.event_bytes},
@@ -892,6 +952,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip Kafka's ProducerPerformance/ConsumerPerformance")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep job logs and checkpoints here")
     parser.add_argument("--out", type=Path, default=defaults.out, help="folder for stream.json")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="profile the job's JVM (async-profiler: Java, JNI and the embedded Python) during the "
+                             "first throughput run of each design and mode; flame graphs (HTML) and collapsed stacks "
+                             "go here, the share of each part of the job into the results")
+    parser.add_argument("--profile-seconds", type=float, default=defaults.profile_seconds)
 
 
 def split_setting(text: str) -> tuple[str, str]:
@@ -929,6 +994,7 @@ def options_from_args(args: argparse.Namespace) -> StreamBenchOptions:
                               checkpoint_interval_ms=args.checkpoint_interval_ms, timeout_seconds=args.timeout_seconds,
                               perf_tools=args.perf_tools, job_settings=parse_job_settings(args.job_set),
                               flink_conf=dict(split_setting(s) for s in args.flink_conf), work_dir=args.work_dir,
+                              profile_dir=args.profile_dir, profile_seconds=args.profile_seconds,
                               out=Path(args.out))
 
 

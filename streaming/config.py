@@ -12,6 +12,7 @@ from streaming.state import DEFAULT_MAX_RECENT
 from streaming.topics import TopicsConfig
 
 MODES = ("transactional", "low-latency")
+STATE_RECORDS = ("every-event", "with-scores")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class StreamConfig:
     max_pending: int = 8_192
     serve_timeout_s: float = 5.0
     top_k: int = 10
+    # "every-event": a user-state record per event (and per refresh); "with-scores": the users' newest
+    # states go out with each scores call (and each refresh), so the compacted topic still ends at every
+    # user's newest state, with fewer records: versions rise per user but skip
+    state_records: str = "every-event"
     max_recent: int = DEFAULT_MAX_RECENT
     state_ttl_days: float = 30.0
     state_cache_size: int = 100_000  # users kept decoded in memory (write-through; keyed state stays the truth)
@@ -64,7 +69,7 @@ class StreamConfig:
     behavior_refresh_events: int = 5
     behavior_refresh_ms: int = 60_000
     behavior_batch_size: int = 64
-    behavior_max_lag_ms: int = 500  # refreshes wait while events reach the job later than this (behind)
+    behavior_max_lag_ms: int = 2_000  # refreshes wait while events reach the job later than this (behind)
     behavior_timeout_s: float = 10.0
     # extra Kafka client settings for the source and the sink (e.g. TLS: security.protocol, ssl.*)
     kafka_properties: dict[str, str] = field(default_factory=dict)
@@ -77,6 +82,8 @@ class StreamConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.shards < 1 or self.batch_size < 1 or self.behavior_batch_size < 1:
             raise ValueError("shards, batch_size and behavior_batch_size must be >= 1")
+        if self.state_records not in STATE_RECORDS:
+            raise ValueError(f"state_records must be one of {STATE_RECORDS}, got {self.state_records!r}")
         if self.max_wait_ms < 1 or self.poll_ms < 1:
             raise ValueError("max_wait_ms and poll_ms must be >= 1")
         if self.max_pending < self.batch_size:

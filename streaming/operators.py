@@ -67,6 +67,8 @@ class UserScoring(KeyedProcessFunction):
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", BYTES))
         self.topics = cfg.topics
         self.known = frozenset(cfg.known_items)
+        self.every_event = cfg.state_records == "every-event"
+        self.emitted: dict[str, int] = {}  # user → newest state version sent (with-scores mode; memory only)
         self.cache: dict[str, UserState] = {}
         self.pending_counts: dict[int, int] = {}  # shard → events in its ListState (read once after a restore)
         self.next_timer: dict[int, int] = {}  # shard → the earliest timer registered and not yet fired
@@ -138,11 +140,26 @@ class UserScoring(KeyedProcessFunction):
             self.cache.clear()
         self.cache[state.user_id] = state
 
+    def _newest_states(self, users: set[str]):
+        """State records of these users' newest states, each version once."""
+        for user in users:
+            state = self._state(user)
+            if state is not None and state.version > self.emitted.get(user, 0):
+                yield self._emitted(Row(self.topics.user_state, user.encode(), state.to_json()), state)
+
+    def _emitted(self, row: Row, state: UserState) -> Row:
+        """Count a state record going out (and, in with-scores mode, remember its version)."""
+        self.states_out += 1
+        if not self.every_event:
+            if len(self.emitted) >= self.cfg.state_cache_size:
+                self.emitted.clear()  # a forgotten user's next record repeats a version at worst, never regresses
+            self.emitted[state.user_id] = state.version
+        return row
+
     def _store(self, state: UserState):
         encoded = state.to_json()
         self.users.put(state.user_id, encoded)
         self._remember(state)
-        self.states_out += 1
         return Row(self.topics.user_state, state.user_id.encode(), encoded)
 
     # -- elements and timers ----------------------------------------------------------------------
@@ -165,7 +182,9 @@ class UserScoring(KeyedProcessFunction):
         if not changed:
             self.m_duplicates.inc()
             return
-        yield self._store(state)
+        row = self._store(state)
+        if self.every_event:
+            yield self._emitted(row, state)
         self.pending.add(PendingEvent(user_id, event.event_id, kafka_ts).to_bytes())
         self.pending_counts[shard] = self._pending_count(shard) + 1
         if self.refresher is not None:
@@ -222,7 +241,7 @@ class UserScoring(KeyedProcessFunction):
                 self.m_refresh_latency.update(step.latency_ms)
             for state in step.updated:
                 self.m_refreshes.inc()
-                yield self._store(state)
+                yield self._emitted(self._store(state), state)
         if self.scoring.busy(shard) or (self.refresher is not None and self.refresher.has_work(shard)):
             self._timer(ctx, shard, now, now + self.cfg.poll_ms)
         elif self.pending_counts.get(shard, 0) > 0:
@@ -269,6 +288,8 @@ class UserScoring(KeyedProcessFunction):
             self.m_batch_size.update(len(result.records))
         for record in result.records:
             yield Row(*record)
+        if not self.every_event:
+            yield from self._newest_states({p.state.user_id for p in batch})
         for group, error in result.unscorable:
             letter = unscorable_letter(group, error, self.topics.events)
             self.m_unscorable.inc()

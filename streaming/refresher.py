@@ -52,12 +52,16 @@ class NearlineRefresher:
         self.batch_size = batch_size
         self.calls = calls
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self.wanted: dict[int, dict[str, None]] = {}  # shard → users, in the order they became due
+        # shard → due users, the most recently active last: a user who is scoring now is refreshed before
+        # one who was due long ago and has gone quiet (whose inference no score reads meanwhile)
+        self.wanted: dict[int, dict[str, None]] = {}
 
     def note(self, shard: int, state: UserState) -> None:
         """A user's state changed: remember it if its inference is due."""
         if needs_refresh(state, self.policy, self.now_ms()):
-            self.wanted.setdefault(shard, {})[state.user_id] = None
+            wanted = self.wanted.setdefault(shard, {})
+            wanted.pop(state.user_id, None)  # to the back: the most recently active users go first
+            wanted[state.user_id] = None
 
     def has_work(self, shard: int) -> bool:
         return self.calls.busy(shard) or bool(self.wanted.get(shard))
@@ -74,7 +78,7 @@ class NearlineRefresher:
                 result.updated = self._apply(done.value, done.context, state_of)
         wanted = self.wanted.get(shard)
         if wanted and not scoring_behind and not self.calls.busy(shard):
-            users = list(wanted)[:self.batch_size]
+            users = list(wanted)[-self.batch_size:]
             for user in users:
                 del wanted[user]
             # each user's newest state (events may have come while it waited), if still behind

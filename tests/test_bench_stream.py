@@ -227,3 +227,16 @@ def test_python_stage_costs_time_the_jobs_own_functions_on_real_events(ml100k):
     costs = python_stage_costs([e.to_json() for e in events], frozenset(ml100k.items.item_id), repeats=1)
     assert set(costs) == {"parse", "state", "owed_scores", "scoring_bookkeeping"}
     assert all(0 < v < 10_000 for v in costs.values())
+
+
+def test_profile_samples_go_to_the_innermost_component_named():
+    from bench.jvm_profile import component_of, components
+
+    python_calls_state = ("java/lang/Thread.run;org/apache/flink/streaming/runtime/tasks/StreamTask.invoke;"
+                          "pemja/core/object/PyIterator.next;_PyEval_EvalFrameDefault;"
+                          "org/apache/flink/runtime/state/heap/HeapMapState.put")
+    assert component_of(python_calls_state) == "keyed state"
+    assert component_of("java/lang/Thread.run;pemja/core/object/PyIterator.next;_PyEval_EvalFrameDefault") \
+        .startswith("Python")
+    collapsed = f"{python_calls_state} 3\njava/lang/Thread.run;KafkaWriter.write 1\n"
+    assert components(collapsed) == {"keyed state": 0.75, "Kafka sink (producer)": 0.25}

@@ -82,7 +82,19 @@ def test_refresher_waits_while_scoring_is_behind_and_keeps_the_users_it_owes():
     assert len(refresher.step(3, states.get, scoring_behind=False).updated) == 2
     _finish(refresher, 3)
     refresher.step(3, states.get, scoring_behind=False)
-    assert reasoner.requests == [["a", "b"], ["c"]]
+    assert reasoner.requests == [["b", "c"], ["a"]]  # the most recently due first
+
+
+def test_a_user_who_becomes_due_again_moves_ahead_of_quiet_ones():
+    reasoner = FakeReasoner()
+    states = {u: _state(u, 1) for u in "abc"}
+    refresher = NearlineRefresher(reasoner, RefreshPolicy(every_events=1), batch_size=1,
+                                  calls=ShardCalls(workers=1, name="b"), now_ms=lambda: 0)
+    for user in "abca":
+        refresher.note(0, states[user])
+    refresher.step(0, states.get, scoring_behind=False)
+    _finish(refresher, 0)
+    assert reasoner.requests == [["a"]]
 
 
 def test_a_failed_refresh_is_reported_and_changes_no_state():

