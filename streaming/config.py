@@ -48,10 +48,10 @@ class StreamConfig:
     max_pending: int = 8_192
     serve_timeout_s: float = 5.0
     top_k: int = 10
-    # "every-event": a user-state record per event (and per refresh); "with-scores": the users' newest
-    # states go out with each scores call (and each refresh), so the compacted topic still ends at every
-    # user's newest state, with fewer records: versions rise per user but skip
-    state_records: str = "every-event"
+    # "with-scores": the users' newest states go out with each scores call (and each refresh), so the
+    # compacted topic ends at every user's newest state with far fewer records (versions rise per user
+    # but skip; while Serve is down no state goes out); "every-event": a record per event and per refresh
+    state_records: str = "with-scores"
     max_recent: int = DEFAULT_MAX_RECENT
     state_ttl_days: float = 30.0
     state_cache_size: int = 100_000  # users kept decoded in memory (write-through; keyed state stays the truth)

@@ -113,7 +113,7 @@ class UserScoring(KeyedProcessFunction):
 
             behavior = BehaviorClient(cfg.behavior_url, timeout_s=cfg.behavior_timeout_s)
             self.refresher = NearlineRefresher(behavior.infer, cfg.refresh_policy(), cfg.behavior_batch_size,
-                                               ShardCalls(workers=1, name="behavior"))
+                                               ShardCalls(workers=cfg.shards, name="behavior"))
             self.m_refreshes = group.counter(names.BEHAVIOR_REFRESHES)
             self.m_refresh_errors = group.counter(names.BEHAVIOR_REFRESH_ERRORS)
             self.m_refresh_latency = group.distribution(names.BEHAVIOR_REFRESH_LATENCY_MS)

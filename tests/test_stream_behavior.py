@@ -145,7 +145,7 @@ def test_killed_job_with_refresh_on_restores_exactly_once(kafka, serve_both, ml1
     ensure_topics(kafka, topics)
     events = interactions_to_events(ml100k.interactions, limit=2500)
     cfg = _config(kafka, serve_both.url, serve_both.behavior_url, topics, tmp_path, ml100k, mode="transactional",
-                  checkpoint_interval_ms=1000, behavior_refresh_events=3)
+                  checkpoint_interval_ms=1000, behavior_refresh_events=3, state_records="every-event")
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
     job = JobProcess(cfg, tmp_path / "first").start()
     try:
