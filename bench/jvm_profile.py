@@ -91,3 +91,34 @@ def components(collapsed: str) -> dict[str, float]:
             counts[component_of(stack)] += int(count)
     total = sum(counts.values())
     return {name: round(n / total, 4) for name, n in counts.most_common()} if total else {}
+
+
+def plot_components(result: dict, path: Path) -> Path | None:
+    """A stacked bar per profiled (design, mode) of a stream bench result: where the job's JVM spent its CPU."""
+    profiled = [(f"{row['design']}\n{row['mode']}", run["profile"]["components"]) for row in result["pipeline"]
+                for run in row["runs"] if run.get("profile", {}).get("components")]
+    if not profiled:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(name for _, parts in profiled for name in parts))
+    fig, ax = plt.subplots(figsize=(13, 0.6 * len(profiled) + 1.6))
+    left = [0.0] * len(profiled)
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        shares = [100 * parts.get(name, 0.0) for _, parts in profiled]
+        ax.barh([label for label, _ in profiled], shares, left=left, label=name, color=colors(i % 10))
+        left = [a + b for a, b in zip(left, shares, strict=True)]
+    ax.set_xlabel("% of the job JVM's CPU samples (async-profiler)")
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    ax.set_title(f"Where the stream job's CPU goes — {result.get('machine', '')}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -99,7 +99,8 @@ class StreamBenchOptions:
     flink_conf: dict[str, str] = field(default_factory=dict)  # extra Flink configuration for the job
     work_dir: Path | None = None
     out: Path = Path("bench/results")
-    profile_dir: Path | None = None  # async-profiler on the job's JVM in round 1 of each design and mode
+    profile_dir: Path | None = None  # async-profiler on the job's JVM in round 1 of each design and mode,
+    # from a third of (b) on (past the JIT warm-up) for profile_seconds
     profile_seconds: float = 10.0
 
     def validate(self) -> None:
@@ -613,9 +614,9 @@ class _Profiler:
         self.outcome: dict[str, Any] = {}
 
     def start(self) -> None:
+        self.started = True
         if self.opts.profile_dir is None or self.job.proc is None:
             return
-        self.started = True
         self.thread = threading.Thread(target=self._run, name="profiler", daemon=True)
         self.thread.start()
 
@@ -717,8 +718,8 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
             scored = monitor.count(first_ids)
             if scored and not cpu_from:
                 cpu_from.extend([scored, cpu_by_role(job.proc.pid if job.proc else None)])
-                if profiler is not None:
-                    profiler.start()
+            if profiler is not None and not profiler.started and scored >= len(first_ids) // 3:
+                profiler.start()  # past the JVM's warm-up (JIT) at the start
             return scored >= len(first_ids)
 
         _wait(all_scored, job, opts.timeout_seconds,
@@ -734,7 +735,7 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                       "events_per_s": rate_between(arrivals),
                       "events_per_s_from_start": len(arrivals) / ((last_ms - job_start_ms) / 1000),
                       "cpu_us_per_event": cpu_us, "job_log": str(job.log_path)}
-        if profiler is not None and profiler.started:
+        if profiler is not None and profiler.thread is not None:
             throughput["profile"] = profiler.result()
         if design == "ranker+refresh":
             with monitor._lock:
@@ -1004,6 +1005,10 @@ def main_from_args(args: argparse.Namespace, command: str | None = None) -> int:
         opts = options_from_args(args)
         opts.validate()
         result = run_stream_bench(opts)
+        if opts.profile_dir is not None:
+            from bench.jvm_profile import plot_components
+
+            plot_components(result, Path(opts.profile_dir) / "components.png")
     except ValueError as exc:
         print(f"reaseq bench stream: {exc}", file=sys.stderr)
         return 2

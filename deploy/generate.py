@@ -54,7 +54,7 @@ def serve_config(local: dict[str, Any], defaults: dict[str, Any], port: int = 80
 
 
 def job_config(cluster: dict[str, Any], known_items: list[str]) -> dict[str, Any]:
-    """StreamConfig fields of the job in the cluster (streaming.job.StreamConfig reads them)."""
+    """StreamConfig fields of the job in the cluster (streaming.config.StreamConfig reads them)."""
     flink = cluster["flink"]
     ray = cluster["ray"]
     return {"bootstrap_servers": cluster["kafka"]["plain_bootstrap"],

@@ -7,7 +7,7 @@ and are exported by Ray as ray_<name>.
 
 from __future__ import annotations
 
-# Flink job (streaming/job.py)
+# Flink job (streaming/operators.py)
 EVENTS_IN = "reaseq_events_in"
 EVENTS_DUPLICATE = "reaseq_events_duplicate"
 DEAD_LETTERS = "reaseq_dead_letters"  # one counter per reason: reaseq_dead_letters_<reason>
