@@ -154,3 +154,30 @@ class FaultyProxy(PostServer):
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
+
+
+def kill_mid_stream_and_restore(cfg, kafka: str, events: list, monitor, work, first: int, before_kill: int) -> None:
+    """Replay `events[:first]`, wait for checkpointed outputs, replay up to `before_kill`, SIGKILL the job
+    (no clean cancel, no final checkpoint; calls may be in flight), replay the rest, restore the job from
+    its latest checkpoint and wait until every event is answered. Stops the job and the monitor."""
+    from streaming.pipeline import latest_checkpoint
+    from streaming.replay import ReplayConfig, replay
+
+    topic = cfg.topics.events
+    job = JobProcess(cfg, work / "first").start()
+    try:
+        replay(events[:first], kafka, topic, ReplayConfig(rate=None))
+        wait_for(lambda: monitor.snapshot().scores >= 300 and latest_checkpoint(cfg.checkpoint_dir) is not None,
+                 job, 240, "first checkpointed outputs")
+        replay(events[first:before_kill], kafka, topic, ReplayConfig(rate=None))
+        job.kill()
+        checkpoint = latest_checkpoint(cfg.checkpoint_dir)
+        assert checkpoint is not None
+        replay(events[before_kill:], kafka, topic, ReplayConfig(rate=None))
+        cfg.restore_from = str(checkpoint)
+        job = JobProcess(cfg, work / "second").start()
+        wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after restore")
+        time.sleep(3)
+    finally:
+        job.stop()
+        monitor.stop()

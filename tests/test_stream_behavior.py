@@ -19,7 +19,7 @@ from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, wait_for
+from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, kill_mid_stream_and_restore, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -147,23 +147,7 @@ def test_killed_job_with_refresh_on_restores_exactly_once(kafka, serve_both, ml1
     cfg = _config(kafka, serve_both.url, serve_both.behavior_url, topics, tmp_path, ml100k, mode="transactional",
                   checkpoint_interval_ms=1000, behavior_refresh_events=3, state_records="every-event")
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
-    job = JobProcess(cfg, tmp_path / "first").start()
-    try:
-        replay(events[:1200], kafka, topics.events, ReplayConfig(rate=None))
-        wait_for(lambda: monitor.snapshot().scores >= 300 and latest_checkpoint(cfg.checkpoint_dir) is not None,
-                 job, 240, "first checkpointed outputs")
-        replay(events[1200:1800], kafka, topics.events, ReplayConfig(rate=None))
-        job.kill()  # no clean cancel, no final checkpoint; refreshes may be in flight
-        checkpoint = latest_checkpoint(cfg.checkpoint_dir)
-        assert checkpoint is not None
-        replay(events[1800:], kafka, topics.events, ReplayConfig(rate=None))
-        cfg.restore_from = str(checkpoint)
-        job = JobProcess(cfg, tmp_path / "second").start()
-        wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after restore")
-        time.sleep(3)
-    finally:
-        job.stop()
-        monitor.stop()
+    kill_mid_stream_and_restore(cfg, kafka, events, monitor, tmp_path, first=1200, before_kill=1800)
     scores = [json.loads(v) for _, v in monitor.records[topics.user_scores]]
     covered = [e for r in scores for e, _ in covered_events(r)]
     assert sorted(covered) == sorted(e.event_id for e in events)  # each event answered exactly once

@@ -18,11 +18,11 @@ from monitoring import exported
 from monitoring import metrics as names
 from streaming.config import StreamConfig
 from streaming.events import MAX_EVENT_BYTES, Event
-from streaming.pipeline import JobProcess, OutputMonitor, consumer_lag, latest_checkpoint
+from streaming.pipeline import JobProcess, OutputMonitor, consumer_lag
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import send_raw, wait_for
+from tests.helpers import kill_mid_stream_and_restore, send_raw, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -155,23 +155,7 @@ def test_killed_job_restores_from_checkpoint_exactly_once(kafka, serve, ml100k, 
     events = interactions_to_events(ml100k.interactions, limit=3000)
     cfg = _config(kafka, serve, topics, tmp_path, ml100k, mode="transactional", checkpoint_interval_ms=1000)
     monitor = OutputMonitor(kafka, topics, keep_records=True).start()
-    job = JobProcess(cfg, tmp_path / "first").start()
-    try:
-        replay(events[:1500], kafka, topics.events, ReplayConfig(rate=None))
-        wait_for(lambda: monitor.snapshot().scores >= 300 and latest_checkpoint(cfg.checkpoint_dir) is not None,
-                  job, 240, "first checkpointed outputs")
-        replay(events[1500:2000], kafka, topics.events, ReplayConfig(rate=None))
-        job.kill()  # SIGKILL mid-stream: no clean cancel, no final checkpoint
-        checkpoint = latest_checkpoint(cfg.checkpoint_dir)
-        assert checkpoint is not None
-        replay(events[2000:], kafka, topics.events, ReplayConfig(rate=None))
-        cfg.restore_from = str(checkpoint)
-        job = JobProcess(cfg, tmp_path / "second").start()
-        wait_for(lambda: monitor.snapshot().scores >= len(events), job, 240, "all scores after restore")
-        time.sleep(3)
-    finally:
-        job.stop()
-        monitor.stop()
+    kill_mid_stream_and_restore(cfg, kafka, events, monitor, tmp_path, first=1500, before_kill=2000)
     _check_exact_outputs(monitor, events, every_event=False)  # the default: states go out with the scores
     assert monitor.snapshot().version_regressions == 0
 
