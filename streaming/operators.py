@@ -176,11 +176,13 @@ class UserScoring(KeyedProcessFunction):
             self.m_dead[event.reason].inc()
             yield Row(self.topics.dead_letter, dead_letter_key(None if value[0] is None else bytes(value[0])),
                       event.to_json())
+            self._flush_metrics_if_due()
             return
         user_id, kafka_ts = event.user_id, int(value[4])
         state, changed = apply_event(self._state(user_id), event, self.cfg.max_recent)
         if not changed:
             self.m_duplicates.inc()
+            self._flush_metrics_if_due()
             return
         row = self._store(state)
         if self.every_event:
@@ -246,6 +248,11 @@ class UserScoring(KeyedProcessFunction):
             self._timer(ctx, shard, now, now + self.cfg.poll_ms)
         elif self.pending_counts.get(shard, 0) > 0:
             self._timer(ctx, shard, now, max(now + 1, self.not_before.get(shard, 0), self.oldest_due.get(shard, 0)))
+        if now >= self.metrics_due:
+            self._flush_metrics(now)
+
+    def _flush_metrics_if_due(self) -> None:
+        now = _now_ms()
         if now >= self.metrics_due:
             self._flush_metrics(now)
 
