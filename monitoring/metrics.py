@@ -25,13 +25,13 @@ BEHAVIOR_REFRESH_ERRORS = "reaseq_behavior_refresh_errors"
 BEHAVIOR_REFRESH_LATENCY_MS = "reaseq_behavior_refresh_latency_ms"
 BEHAVIOR_STALENESS_EVENTS = "reaseq_behavior_staleness_events"  # events since the cached inference, at score time
 
-# Ray Serve Ranker (inference/serve/ranker_app.py)
+# Ray Serve Ranker (inference/serve/ranker_app.py, inference/serve/app.py)
 RANKER_BATCHES = "reaseq_ranker_batches"
 RANKER_USERS_SCORED = "reaseq_ranker_users_scored"
 RANKER_BATCH_REQUESTS = "reaseq_ranker_batch_requests"
 RANKER_BATCH_SECONDS = "reaseq_ranker_batch_seconds"
 
-# Ray Serve BehaviorReasoner (inference/behavior/serve_app.py)
+# Ray Serve BehaviorReasoner (inference/behavior/serve_app.py, inference/serve/app.py)
 BEHAVIOR_BATCHES = "reaseq_behavior_batches"
 BEHAVIOR_USERS_INFERRED = "reaseq_behavior_users_inferred"
 BEHAVIOR_BATCH_SECONDS = "reaseq_behavior_batch_seconds"
