@@ -35,6 +35,19 @@ def _descendants(processes: dict[int, tuple[int, float, str]], root: int) -> set
     return out
 
 
+def descendants(root: int) -> set[int]:
+    """`root` and every process below it."""
+    return _descendants(_processes(), root)
+
+
+def java_below(root: int) -> int | None:
+    """The first JVM among the processes below `root` (the Flink job's, under its Python launcher)."""
+    processes = _processes()
+    found = sorted(pid for pid in _descendants(processes, root)
+                   if pid != root and processes[pid][2].split(" ", 1)[0].endswith("java"))
+    return found[0] if found else None
+
+
 def role_of(cmdline: str) -> str:
     """The part of the run a process belongs to, from its command line (the job is found by pid)."""
     if cmdline.startswith("ray::") or "/ray/" in cmdline or "gcs_server" in cmdline or "raylet" in cmdline:

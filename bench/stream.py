@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.cpu import ROLES, cpu_by_role, per_event_us
+from bench.cpu import ROLES, cpu_by_role, java_below, per_event_us
 from bench.results import RESULTS_DIR
 from bench.results import write_result as write_json
 from bench.stages import python_stage_costs
@@ -73,7 +73,6 @@ def _pom_property(name: str) -> str | None:
 
 PERF_TOOLS_FALLBACK_VERSION = _pom_property("kafka-tools.version")  # pinned in streaming/jvm/pom.xml
 AP_LOADER_VERSION = _pom_property("ap-loader.version")  # async-profiler for --profile-dir, pinned there too
-MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 PERF_RECORD_SIZE = 200
 JAVA_TOOL_OPTS = ("-Xmx512m", "-Duser.language=en", "-Duser.country=US", "-Djava.awt.headless=true")
 
@@ -384,20 +383,15 @@ class ScoreTimes(OutputMonitor):
     def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
         super().__init__(bootstrap_servers, topics, watch_states=False)
         self.first_seen: dict[str, tuple[int, int]] = {}  # event_id → (arrival ms, event→score ms)
-        self.staleness: list[int] = []  # events_since_inference of every scores record
         self.duplicates = 0
 
-    def _observe(self, topic: str, key: bytes, value: bytes, now_ms: int) -> None:
-        if topic != self.topics.user_scores:
-            super()._observe(topic, key, value, now_ms)
-        else:
-            body = json.loads(value)
-            self.staleness.append(body.get("events_since_inference", 0))
-            for event_id, kafka_ts in covered_events(body):
-                if event_id in self.first_seen:
-                    self.duplicates += 1
-                else:
-                    self.first_seen[event_id] = (now_ms, max(0, now_ms - kafka_ts))
+    def _observe_scores(self, body: dict[str, Any], now_ms: int) -> None:
+        super()._observe_scores(body, now_ms)
+        for event_id, kafka_ts in covered_events(body):
+            if event_id in self.first_seen:
+                self.duplicates += 1
+            else:
+                self.first_seen[event_id] = (now_ms, max(0, now_ms - kafka_ts))
 
     def seen(self, event_ids: Sequence[str]) -> list[tuple[int, int]]:
         with self._lock:
@@ -498,7 +492,7 @@ def resolve_perf_tools(broker_dir: Path, cache_dir: Path | None = None) -> dict[
     Tries the broker's version first, then PERF_TOOLS_FALLBACK_VERSION. Returns {jar, version, note};
     jar is None when neither could be had (the bench then runs without them and says why).
     """
-    from streaming.jvm_deps import default_cache_dir
+    from streaming.jvm_deps import default_cache_dir, fetch_jar
 
     present = [p for p in Path(broker_dir).glob("kafka-tools-*.jar") if not p.name.startswith("kafka-tools-api")]
     if present:
@@ -513,31 +507,16 @@ def resolve_perf_tools(broker_dir: Path, cache_dir: Path | None = None) -> dict[
             note = f"cached {jar}" + (f" (kafka-tools {wanted[0]} not cached)" if version != wanted[0] else "")
             return {"jar": str(jar), "version": version, "note": note}
     for version in dict.fromkeys(wanted):
-        folder = cache / f"kafka-tools-{version}"
-        jar = folder / f"kafka-tools-{version}.jar"
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            failures.append("mvn not on PATH")
+        jar = cache / f"kafka-tools-{version}" / f"kafka-tools-{version}.jar"
+        failure = fetch_jar(f"org.apache.kafka:kafka-tools:{version}", jar)
+        if failure is None:
+            note = "fetched with Maven"
+            if version != wanted[0]:
+                note += f"; kafka-tools {wanted[0]} is not on Maven Central, so {version}"
+            return {"jar": str(jar), "version": version, "note": note}
+        failures.append(failure)
+        if failure == "mvn not on PATH":
             break
-        staging = Path(tempfile.mkdtemp(prefix="kafka-tools-", dir=cache if cache.is_dir() else None))
-        try:
-            done = subprocess.run([mvn, "-q", "-B", f"{MAVEN_DEPENDENCY_PLUGIN}:copy",
-                                   f"-Dartifact=org.apache.kafka:kafka-tools:{version}",
-                                   f"-DoutputDirectory={staging}"],
-                                  capture_output=True, text=True, timeout=300, check=False)
-            fetched = staging / jar.name
-            if done.returncode == 0 and fetched.is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                os.replace(fetched, jar)
-                note = "fetched with Maven"
-                if version != wanted[0]:
-                    note += f"; kafka-tools {wanted[0]} is not on Maven Central, so {version}"
-                return {"jar": str(jar), "version": version, "note": note}
-            failures.append(f"kafka-tools {version}: mvn exit {done.returncode}")
-        except subprocess.TimeoutExpired:
-            failures.append(f"kafka-tools {version}: mvn timed out")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return {"jar": None, "version": None, "note": "perf tools unavailable (" + "; ".join(failures) + ")"}
 
 
@@ -625,13 +604,12 @@ class _Profiler:
 
         try:
             jar = resolve_ap_loader(AP_LOADER_VERSION or "")
-            jvms = [int(p) for p in subprocess.run(["pgrep", "-P", str(self.job.proc.pid), "java"],
-                                                   capture_output=True, text=True).stdout.split()]
-            if jar is None or not jvms:
+            jvm = java_below(self.job.proc.pid)
+            if jar is None or jvm is None:
                 self.outcome = {"error": "no async-profiler jar" if jar is None else "the job's JVM was not found"}
                 return
             stem = Path(self.opts.profile_dir) / f"job-{self.name}"
-            collapsed, html = profile_jvm(jar, jvms[0], self.opts.profile_seconds, stem)
+            collapsed, html = profile_jvm(jar, jvm, self.opts.profile_seconds, stem)
             self.outcome = {"html": str(html), "collapsed": str(collapsed), "seconds": self.opts.profile_seconds,
                             "components": components(collapsed.read_text())}
         except Exception as error:  # a profile is extra: the measurement stands without it
@@ -738,9 +716,7 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
         if profiler is not None and profiler.thread is not None:
             throughput["profile"] = profiler.result()
         if design == "ranker+refresh":
-            with monitor._lock:
-                staleness = list(monitor.staleness)
-            throughput["staleness_events_p50"], throughput["staleness_events_p99"] = percentiles(staleness)
+            throughput["staleness_events_p50"], throughput["staleness_events_p99"] = percentiles(monitor.staleness())
         log(f"{design}/{mode} (b): {_fmt(throughput['events_per_s'])} events/s first→last score, "
             f"{_fmt(throughput['events_per_s_from_start'])} from job start (start-up {throughput['startup_s']} s)")
         position = len(first)
@@ -751,7 +727,7 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
             ids = [e.event_id for e in step]
             records = _records(step, opts.event_bytes)
             log(f"{design}/{mode} (c): {count:,} events at {rate:g}/s")
-            stale_from = len(monitor.staleness)
+            stale_from = len(monitor.staleness())
             sent_s = send_records(producer, topics.events, records, rate)
             sent_end_ms = time.time() * 1000
             kept_up = _wait(lambda ids=ids: monitor.count(ids) >= len(ids), job, opts.settle_seconds,
@@ -774,7 +750,7 @@ def pipeline_run(shared: _Shared, design: str, mode: str, round_no: int) -> tupl
                            "scored_total": len(seen)}
             if design == "ranker+refresh":
                 step_result["staleness_events_p50"], step_result["staleness_events_p99"] = percentiles(
-                    monitor.staleness[stale_from:])
+                    monitor.staleness(stale_from))
             steps.append(step_result)
             log(f"{design}/{mode} (c) {rate:g}/s: p50 {_fmt(p50)} ms, p99 {_fmt(p99)} ms, "
                 f"{'kept up' if kept_up else 'did NOT keep up'} ({within_settle:,}/{len(ids):,} within settle)")

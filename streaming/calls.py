@@ -50,18 +50,12 @@ class ShardCalls(Generic[Context]):
 
     def finished(self, shard: int, wait_s: float = 0.0) -> Finished[Context] | None:
         """The shard's call if it has ended (waiting up to `wait_s` for it), else None."""
+        if wait_s > 0:
+            self.join(shard, wait_s)
         entry = self._calls.get(shard)
-        if entry is None:
+        if entry is None or not entry[0].done():
             return None
-        future, context, started = entry
-        if not future.done():
-            if wait_s <= 0:
-                return None
-            try:
-                future.exception(timeout=wait_s)
-            except TimeoutError:
-                return None
-        del self._calls[shard]
+        future, context, started = self._calls.pop(shard)
         error = future.exception()
         return Finished(None if error else future.result(), error, context, time.perf_counter() - started)
 

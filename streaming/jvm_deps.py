@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,32 @@ def _run_maven(cmd: list[str], failure: str) -> None:
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise JvmSetupError(f"{failure}\n$ {' '.join(cmd)}\n{tail}")
+
+
+MAVEN_DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+
+
+def fetch_jar(coordinates: str, jar: Path, timeout_s: float = 300) -> str | None:
+    """Copy one artifact (`group:artifact:version`) from Maven to `jar`, atomically; None when done, else
+    why not (no Maven, Maven's exit status, a time-out). Used by the benchmarks' optional tools."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        return "mvn not on PATH"
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="fetch-", dir=jar.parent))
+    try:
+        done = subprocess.run([mvn, "-q", "-B", f"{MAVEN_DEPENDENCY_PLUGIN}:copy", f"-Dartifact={coordinates}",
+                               f"-DoutputDirectory={staging}"], capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+        fetched = next(staging.glob("*.jar"), None)
+        if done.returncode != 0 or fetched is None:
+            return f"{coordinates}: mvn exit {done.returncode}"
+        os.replace(fetched, jar)
+        return None
+    except subprocess.TimeoutExpired:
+        return f"{coordinates}: mvn timed out"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _copy_dependencies(mvn: str, pom: Path, group: str, out: Path) -> None:

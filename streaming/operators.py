@@ -69,7 +69,7 @@ class UserScoring(KeyedProcessFunction):
         self.known = frozenset(cfg.known_items)
         self.every_event = cfg.state_records == "every-event"
         self.emitted: dict[str, int] = {}  # user → newest state version sent (with-scores mode; memory only)
-        self.cache: dict[str, UserState] = {}
+        self.cache: dict[str, tuple[UserState, bytes]] = {}  # user → state and its JSON
         self.pending_counts: dict[int, int] = {}  # shard → events in its ListState (read once after a restore)
         self.next_timer: dict[int, int] = {}  # shard → the earliest timer registered and not yet fired
         self.oldest_due: dict[int, int] = {}  # shard → when its oldest unsent event must go out (ms)
@@ -126,26 +126,31 @@ class UserScoring(KeyedProcessFunction):
 
     # -- state ------------------------------------------------------------------------------------
 
-    def _state(self, user_id: str) -> UserState | None:
-        state = self.cache.get(user_id)
-        if state is None:
+    def _cached(self, user_id: str) -> tuple[UserState, bytes] | None:
+        """The user's state and its JSON (what MapState and the user-state topic hold), or None."""
+        entry = self.cache.get(user_id)
+        if entry is None:
             raw = self.users.get(user_id)
             if raw is not None:
-                state = UserState.from_json(raw)
-                self._remember(state)
-        return state
+                entry = self._remember(UserState.from_json(raw), raw)
+        return entry
 
-    def _remember(self, state: UserState) -> None:
+    def _state(self, user_id: str) -> UserState | None:
+        entry = self._cached(user_id)
+        return entry[0] if entry is not None else None
+
+    def _remember(self, state: UserState, encoded: bytes) -> tuple[UserState, bytes]:
         if len(self.cache) >= self.cfg.state_cache_size:
             self.cache.clear()
-        self.cache[state.user_id] = state
+        entry = self.cache[state.user_id] = (state, encoded)
+        return entry
 
     def _newest_states(self, users: set[str]):
         """State records of these users' newest states, each version once."""
         for user in users:
-            state = self._state(user)
-            if state is not None and state.version > self.emitted.get(user, 0):
-                yield self._emitted(Row(self.topics.user_state, user.encode(), state.to_json()), state)
+            entry = self._cached(user)
+            if entry is not None and entry[0].version > self.emitted.get(user, 0):
+                yield self._emitted(Row(self.topics.user_state, user.encode(), entry[1]), entry[0])
 
     def _emitted(self, row: Row, state: UserState) -> Row:
         """Count a state record going out (and, in with-scores mode, remember its version)."""
@@ -159,7 +164,7 @@ class UserScoring(KeyedProcessFunction):
     def _store(self, state: UserState):
         encoded = state.to_json()
         self.users.put(state.user_id, encoded)
-        self._remember(state)
+        self._remember(state, encoded)
         return Row(self.topics.user_state, state.user_id.encode(), encoded)
 
     # -- elements and timers ----------------------------------------------------------------------

@@ -191,13 +191,22 @@ class OutputMonitor:
             elif body["version"] < (seen or 0):
                 self.stats.version_regressions += 1
         else:
-            covered = covered_events(body)
-            self.stats.scores += len(covered)
-            self.stats.staleness.append(body.get("events_since_inference", 0))
-            self.stats.latencies_ms.extend(max(0, now_ms - ts) for _, ts in covered)
-            previous = self.latest_scores.get(user)
-            if previous is None or body["version"] >= previous["version"]:
-                self.latest_scores[user] = body
+            self._observe_scores(body, now_ms)
+
+    def _observe_scores(self, body: dict[str, Any], now_ms: int) -> None:
+        """Count a scores record (a subclass may look at it too)."""
+        covered = covered_events(body)
+        self.stats.scores += len(covered)
+        self.stats.staleness.append(body.get("events_since_inference", 0))
+        self.stats.latencies_ms.extend(max(0, now_ms - ts) for _, ts in covered)
+        previous = self.latest_scores.get(body["user_id"])
+        if previous is None or body["version"] >= previous["version"]:
+            self.latest_scores[body["user_id"]] = body
+
+    def staleness(self, since: int = 0) -> list[int]:
+        """`events_since_inference` of the scores records seen, from the `since`-th on."""
+        with self._lock:
+            return self.stats.staleness[since:]
 
     def snapshot(self) -> MonitorStats:
         with self._lock:

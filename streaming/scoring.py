@@ -59,15 +59,8 @@ class PendingScore:
 
 def with_states(pending: list[PendingEvent], state_of: Callable[[str], UserState | None]) -> list[PendingScore]:
     """The pending events with their users' newest states (a user without a state is skipped: TTL expired)."""
-    states: dict[str, UserState | None] = {}
-    out = []
-    for item in pending:
-        if item.user_id not in states:
-            states[item.user_id] = state_of(item.user_id)
-        state = states[item.user_id]
-        if state is not None:
-            out.append(PendingScore(state, item.event_id, item.event_kafka_ts))
-    return out
+    return [PendingScore(state, item.event_id, item.event_kafka_ts) for item in pending
+            if (state := state_of(item.user_id)) is not None]
 
 
 def ranker_request(pending: list[PendingScore]) -> list[dict[str, Any]]:

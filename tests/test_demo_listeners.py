@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.cpu import descendants
 from inference.serve.local import free_port
 from monitoring import exported
 from monitoring import metrics as names
@@ -57,21 +58,7 @@ def _is_ray_process(name: str, cmdline: str) -> bool:
 
 
 def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    return descendants(root) - {root}
 
 
 def _cmdline(pid: int) -> str:

@@ -300,3 +300,21 @@ def test_bounded_job_copies_raw_records_exactly_once(jars: JvmJars, kafka: str, 
 
 if __name__ == "__main__":
     _run_job(json.loads(sys.argv[1]))
+
+
+def test_fetch_jar_moves_what_maven_copied_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streaming.jvm_deps import fetch_jar
+
+    fake = tmp_path / "bin" / "mvn"
+    fake.parent.mkdir()
+    # a stand-in for `mvn dependency:copy`: writes a jar into -DoutputDirectory, or fails for "bad:*"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do case $a in -Dartifact=bad:*) exit 1;; "
+                    "-DoutputDirectory=*) d=${a#-DoutputDirectory=};; esac; done\necho jar > \"$d/x-1.jar\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    jar = tmp_path / "cache" / "x-1" / "x-1.jar"
+    assert fetch_jar("g:x:1", jar) is None and jar.read_text() == "jar\n"
+    assert fetch_jar("bad:x:1", tmp_path / "cache" / "y.jar") == "bad:x:1: mvn exit 1"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["x-1"]  # no staging left behind
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert fetch_jar("g:x:1", jar) == "mvn not on PATH"
