@@ -122,7 +122,7 @@ class UserScoring(KeyedProcessFunction):
         if getattr(self, "scoring", None) is not None:
             self.scoring.close()
         if getattr(self, "refresher", None) is not None:
-            self.refresher.calls.close()
+            self.refresher.close()
 
     # -- state ------------------------------------------------------------------------------------
 

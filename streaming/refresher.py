@@ -63,6 +63,9 @@ class NearlineRefresher:
             wanted.pop(state.user_id, None)  # to the back: the most recently active users go first
             wanted[state.user_id] = None
 
+    def close(self) -> None:
+        self.calls.close()
+
     def has_work(self, shard: int) -> bool:
         return self.calls.busy(shard) or bool(self.wanted.get(shard))
 
