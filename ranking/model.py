@@ -37,9 +37,38 @@ class RankerConfig:
     align_weight: float = 0.0
     align_temperature: float = 0.1
     id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
+    positions: str = "learned"  # learned | rotary
+    window: int = 0  # each item attends to itself and the window−1 items before it; 0 = all before it
+
+    def __post_init__(self) -> None:
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', not {self.positions!r}")
+        if self.window < 0:
+            raise ValueError(f"window must be ≥ 0, got {self.window}")
+
+    @property
+    def receptive_field(self) -> int:
+        """How many latest items the last hidden state depends on (max_len when unwindowed)."""
+        return min(self.max_len, self.layers * (self.window - 1) + 1) if self.window else self.max_len
+
+    @property
+    def incremental(self) -> bool:
+        """True when `step()` scores exactly like the full pass over the last max_len items."""
+        return (self.positions == "rotary" and self.window > 1
+                and self.layers * (self.window - 1) + 1 <= self.max_len)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (..., T, head_dim) at integer positions (T,)."""
+    half = x.shape[-1] // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=x.device, dtype=torch.float32) / half))
+    angles = positions.to(torch.float32)[:, None] * freqs[None]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:2 * half]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos, x[..., 2 * half:]], dim=-1)
 
 
 class Block(nn.Module):
@@ -48,6 +77,7 @@ class Block(nn.Module):
     def __init__(self, cfg: RankerConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
+        self.rotary = cfg.positions == "rotary"
         self.norm1 = nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
@@ -55,14 +85,58 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def heads_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values (B, H, T, head_dim) of x (B, T, dim), before any rotation."""
         batch, length, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(dim, dim=2)
-        q, k, v = (t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None])  # no attention dropout: it costs a third of a CPU step
+        return tuple(t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Residual, projection and MLP after attention (B, H, T, head_dim)."""
+        batch, length, dim = x.shape
         x = x + self.dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, dim)))
         return x + self.dropout(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, extra_len: int = 0,
+                keep: list | None = None) -> torch.Tensor:
+        """x (B, E+L, dim): E extra tokens (no positions) then L history tokens; mask (B, E+L, E+L).
+
+        `keep`, when given, receives this layer's (keys, values) before rotation, for `step()`."""
+        q, k, v = self.heads_of(x)
+        if keep is not None:
+            keep.append((k, v))
+        if not self.rotary:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask[:, None])  # no attention dropout: it costs a third of a CPU step
+            return self.finish(x, attended)
+        positions = torch.arange(x.shape[1] - extra_len, device=x.device)
+        q_history = torch.cat([q[:, :, :extra_len], rotate(q[:, :, extra_len:], positions)], dim=2)
+        scores = torch.cat([q @ k[:, :, :extra_len].transpose(-1, -2),
+                            q_history @ rotate(k[:, :, extra_len:], positions).transpose(-1, -2)], dim=-1)
+        scores = (scores / math.sqrt(q.shape[-1])).masked_fill(~mask[:, None], float("-inf"))
+        return self.finish(x, torch.softmax(scores.float(), dim=-1).to(v.dtype) @ v)
+
+    def step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
+             extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One new token x (B, 1, dim) after cached keys/values (B, H, W−1, head_dim) of the window.
+
+        Returns the token's output and the window's keys/values including it (B, H, W, head_dim)."""
+        q, k, v = self.heads_of(x)
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        window = keys.shape[2]
+        positions = torch.arange(window, device=x.device)
+        scores = rotate(q, positions[-1:]) @ rotate(keys, positions).transpose(-1, -2)
+        seen = torch.cat([valid, torch.ones_like(valid[:, :1])], dim=1)
+        if extra is not None:
+            extra_keys, extra_values, extra_valid = extra
+            scores = torch.cat([q @ extra_keys.transpose(-1, -2), scores], dim=-1)
+            values_seen = torch.cat([extra_values, values], dim=2)
+            seen = torch.cat([extra_valid, seen], dim=1)
+        else:
+            values_seen = values
+        scores = (scores / math.sqrt(q.shape[-1])).masked_fill(~seen[:, None, None, :], float("-inf"))
+        return self.finish(x, torch.softmax(scores.float(), dim=-1).to(v.dtype) @ values_seen), keys, values
 
 
 class SequentialRanker(nn.Module):
@@ -73,7 +147,8 @@ class SequentialRanker(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
+        if cfg.positions == "learned":
+            self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.segment_emb = nn.Embedding(2, cfg.dim)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         cold = torch.zeros(cfg.num_items + 1, dtype=torch.bool)
@@ -132,18 +207,25 @@ class SequentialRanker(nn.Module):
         labels = torch.arange(items.numel(), device=items.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
-    def encode(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (B, L, dim) for left-padded histories (B, L) and an optional extra sequence (B, E)."""
+    def encode(self, history: torch.Tensor, extra: torch.Tensor | None = None,
+               keep: list | None = None) -> torch.Tensor:
+        """Hidden states (B, L, dim) for left-padded histories (B, L) and an optional extra sequence (B, E).
+
+        `keep`, when given, receives each layer's (keys, values) over the E+L tokens, for `prefill()`."""
         batch, length = history.shape
         if length > self.cfg.max_len:
             raise ValueError(f"history length {length} exceeds max_len {self.cfg.max_len}")
         table = self.item_table()
-        # positions count back from the latest item, so left padding never shifts them
-        positions = torch.arange(length - 1, -1, -1, device=history.device)
-        x = F.embedding(history, table) * math.sqrt(self.cfg.dim) + self.pos_emb(positions)[None]
+        x = F.embedding(history, table) * math.sqrt(self.cfg.dim)
+        if self.cfg.positions == "learned":
+            # positions count back from the latest item, so left padding never shifts them
+            x = x + self.pos_emb(torch.arange(length - 1, -1, -1, device=history.device))[None]
         valid = history != 0
         causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=history.device))
+        if self.cfg.window:
+            causal = causal & ~torch.tril(causal, diagonal=-self.cfg.window)
         mask = causal[None] & valid[:, None, :]
+        e_len = 0
         if extra is not None and self.cfg.extra_len:
             e_len = extra.shape[1]
             e = F.embedding(extra, table) * math.sqrt(self.cfg.dim) + self.segment_emb.weight[1]
@@ -157,7 +239,7 @@ class SequentialRanker(nn.Module):
         mask = mask | eye  # every query sees itself: no empty softmax rows on padding
         x = self.emb_dropout(x)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, e_len, keep)
         x = self.norm(x)
         return x[:, -length:]
 
@@ -180,6 +262,73 @@ class SequentialRanker(nn.Module):
     def score_last(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N+1) for the next item after each (left-padded) history."""
         return self.encode(history, extra)[:, -1] @ self.item_table().T
+
+    def prefill(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> IncrementalState:
+        """Full pass over left-padded histories (B, max_len), keeping what `step()` needs (eval only)."""
+        if not self.cfg.incremental:
+            raise ValueError("incremental scoring needs rotary positions and a window with "
+                             f"layers × (window − 1) + 1 ≤ max_len (got {self.cfg.positions}, window "
+                             f"{self.cfg.window}, max_len {self.cfg.max_len})")
+        history = left_pad(history.tolist(), self.cfg.max_len).to(history.device) \
+            if history.shape[1] < self.cfg.max_len else history
+        keep: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with_extra = extra is not None and self.cfg.extra_len
+        hidden = self.encode(history, extra if with_extra else None, keep)[:, -1]
+        e_len = extra.shape[1] if with_extra else 0
+        tail = self.cfg.window - 1
+        return IncrementalState([k[:, :, -tail:] for k, _ in keep], [v[:, :, -tail:] for _, v in keep],
+                                history[:, -tail:] != 0, hidden,
+                                [(k[:, :, :e_len], v[:, :, :e_len]) for k, v in keep] if with_extra else None,
+                                extra != 0 if with_extra else None)
+
+    def step(self, items: torch.Tensor, state: IncrementalState) -> IncrementalState:
+        """Append one item per user (B,) to the cached state: one token's forward pass (eval only)."""
+        x = F.embedding(items[:, None], self.item_table()) * math.sqrt(self.cfg.dim)
+        if state.extra is not None:
+            x = x + self.segment_emb.weight[0]
+        keys, values = [], []
+        for n, block in enumerate(self.blocks):
+            extra = None if state.extra is None else (*state.extra[n], state.extra_valid)
+            x, k, v = block.step(x, state.keys[n], state.values[n], state.valid, extra)
+            keys.append(k[:, :, 1:])
+            values.append(v[:, :, 1:])
+        valid = torch.cat([state.valid, torch.ones_like(state.valid[:, :1])], dim=1)[:, 1:]
+        return IncrementalState(keys, values, valid, self.norm(x)[:, 0], state.extra, state.extra_valid)
+
+
+@dataclass
+class IncrementalState:
+    """Per-layer keys/values (B, H, window−1, head_dim, before rotation) of each user's latest items.
+
+    `valid` (B, window−1) marks real items (False: left padding); `extra` holds each layer's keys/values
+    of the extra sequence (fixed while it does not change) and its validity; `hidden` (B, dim) is the
+    last position's output."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+    hidden: torch.Tensor
+    extra: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    extra_valid: torch.Tensor | None = None
+
+    def rows(self, index: torch.Tensor) -> IncrementalState:
+        """The state of a subset of the batch."""
+        return IncrementalState([k[index] for k in self.keys], [v[index] for v in self.values], self.valid[index],
+                                self.hidden[index],
+                                None if self.extra is None else [(k[index], v[index]) for k, v in self.extra],
+                                None if self.extra_valid is None else self.extra_valid[index])
+
+
+def cat_states(states: list[IncrementalState]) -> IncrementalState:
+    """Stack states of several batches (same extra length) into one."""
+    first = states[0]
+    return IncrementalState(
+        [torch.cat([s.keys[n] for s in states]) for n in range(len(first.keys))],
+        [torch.cat([s.values[n] for s in states]) for n in range(len(first.values))],
+        torch.cat([s.valid for s in states]), torch.cat([s.hidden for s in states]),
+        None if first.extra is None else [(torch.cat([s.extra[n][0] for s in states]),
+                                          torch.cat([s.extra[n][1] for s in states])) for n in range(len(first.extra))],
+        None if first.extra_valid is None else torch.cat([s.extra_valid for s in states]))
 
 
 def left_pad(sequences: list, length: int, pad: int = 0) -> torch.Tensor:

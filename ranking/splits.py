@@ -85,6 +85,29 @@ def build_sequences(dataset: Dataset, use_cache: bool = True) -> SequenceData:
     return data
 
 
+def save_sequences(data: SequenceData, path: Path) -> Path:
+    """Write the sequences as one self-describing file (dataset name and fingerprint included), e.g. to
+    train on a machine that cannot download the dataset."""
+    _save_cached(Path(path), data)
+    return Path(path)
+
+
+def load_sequences_file(path: str | Path) -> SequenceData:
+    """Sequences from a file written by `save_sequences` (checksum verified)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; write one with `reaseq data export --dataset NAME --out {path}`")
+    with np.load(path) as archive:
+        flat, lengths = archive["flat"], archive["lengths"]
+        meta = json.loads(str(archive["meta"]))
+    if _checksum(meta["item_ids"], meta["user_ids"], flat, lengths) != meta["checksum"]:
+        raise ValueError(f"{path} fails its checksum; export it again")
+    if "dataset" not in meta:
+        raise ValueError(f"{path} names no dataset; export it again with `reaseq data export`")
+    sequences = np.split(flat, np.cumsum(lengths)[:-1])
+    return SequenceData(meta["dataset"], meta["fingerprint"], meta["item_ids"], meta["user_ids"], sequences)
+
+
 def _checksum(item_ids: list[str], users: list[str], flat: np.ndarray, lengths: np.ndarray) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([item_ids, users]).encode())
@@ -97,9 +120,10 @@ def _save_cached(path: Path, data: SequenceData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = np.concatenate(data.sequences)
     lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
-    meta = json.dumps({"item_ids": data.item_ids, "user_ids": data.user_ids,
+    meta = json.dumps({"dataset": data.dataset, "fingerprint": data.fingerprint,
+                       "item_ids": data.item_ids, "user_ids": data.user_ids,
                        "checksum": _checksum(data.item_ids, data.user_ids, flat, lengths)})
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, flat=flat, lengths=lengths, meta=np.array(meta))
     tmp.replace(path)
 

@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--data-dir", default=None, help="local copy to verify instead of downloading")
     info = data_cmds.add_parser("info", help="counts and split sizes of a dataset")
     _add_data_args(info)
+    export = data_cmds.add_parser("export", help="write a dataset's user sequences to one file, to train "
+                                  "where the dataset cannot be downloaded (bench compare --sequences)")
+    _add_data_args(export)
+    export.add_argument("--out", required=True, help="file to write (.npz)")
 
     train = commands.add_parser("train", help="train a model and save it as a versioned artifact")
     train_cmds = train.add_subparsers(dest="model", required=True, metavar="MODEL")
@@ -96,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(quality)
     quality.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     quality.add_argument("--out", default="bench/results", help="folder for the JSON result")
+
+    compare = bench_cmds.add_parser("compare", help="rankers from several configs on the same seeds: medians, "
+                                    "paired bootstrap CIs per slice (resumable, --jobs in parallel); JSON to "
+                                    "bench/results/")
+    from bench.compare import add_arguments as add_compare_arguments
+
+    add_compare_arguments(compare)
 
     bench_behavior = bench_cmds.add_parser(
         "behavior", help="implicit path: ranker with vs without inferred behaviours (median of seeds, overall and "
@@ -234,6 +245,12 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     dataset = load_dataset(args.dataset, args.data_dir)
     data = build_sequences(dataset)
+    if args.data_command == "export":
+        from ranking.splits import save_sequences
+
+        path = save_sequences(data, Path(args.out))
+        print(f"{len(data.user_ids)} users' sequences of {dataset.name} written to {path}")
+        return 0
     lengths = sorted(len(s) for s in data.sequences)
     print(json.dumps({
         "dataset": dataset.name, "fingerprint": dataset.fingerprint,
@@ -329,6 +346,10 @@ def _bench(args: argparse.Namespace) -> int:
         return knowledge_bench(args)
     if args.bench == "behavior":
         return _bench_behavior(args)
+    if args.bench == "compare":
+        from bench.compare import main_from_args as compare
+
+        return compare(args)
     if args.bench == "stream":
         from bench.stream import main_from_args
 

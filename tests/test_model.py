@@ -61,3 +61,48 @@ def test_side_embeddings_change_item_representations():
 def test_history_longer_than_max_len_is_rejected():
     with pytest.raises(ValueError, match="exceeds max_len"):
         _model().score_last(torch.ones(1, 9, dtype=torch.long))
+
+
+def _rotary(**kwargs) -> SequentialRanker:
+    torch.manual_seed(1)
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, dropout=0.0, positions="rotary", window=4, **kwargs)
+    return SequentialRanker(cfg).eval()
+
+
+@pytest.mark.parametrize("extra", [None, [[5, 0, 7]]])
+def test_incremental_steps_agree_with_the_full_pass(extra):
+    """One token at a time from cached keys/values == a full pass over the last max_len items, at every event
+    of a history five times longer than max_len (the window keeps the receptive field within it)."""
+    model = _rotary(extra_len=3 if extra else 0)
+    extra = torch.tensor(extra) if extra else None
+    history = torch.randint(1, 31, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    with torch.no_grad():
+        state = model.prefill(left_pad([history[:1]], 8), extra)
+        for end in range(2, len(history) + 1):
+            state = model.step(torch.tensor([history[end - 1]]), state)
+            full = model.encode(left_pad([history[:end]], 8), extra)[:, -1]
+            assert torch.allclose(state.hidden, full, atol=1e-5), end
+            whole = model.encode(torch.tensor([history[max(0, end - 8):end]]), extra)[:, -1]
+            assert torch.allclose(whole, full, atol=1e-5)
+
+
+def test_the_last_state_depends_on_the_receptive_field_only():
+    model = _rotary()
+    assert model.cfg.incremental and model.cfg.receptive_field == 2 * (4 - 1) + 1
+    with torch.no_grad():
+        base = model.encode(torch.tensor([[3, 5, 7, 9, 11, 13, 15, 17]]))[:, -1]
+        oldest_changed = model.encode(torch.tensor([[1, 5, 7, 9, 11, 13, 15, 17]]))[:, -1]  # 8 back: outside
+        inside_changed = model.encode(torch.tensor([[3, 1, 7, 9, 11, 13, 15, 17]]))[:, -1]  # 7 back: inside
+    assert torch.allclose(base, oldest_changed, atol=1e-5)
+    assert not torch.allclose(base, inside_changed, atol=1e-4)
+
+
+def test_incremental_scoring_refuses_a_model_it_cannot_reproduce():
+    for kwargs in ({"positions": "learned", "window": 4}, {"positions": "rotary", "window": 0},
+                   {"positions": "rotary", "window": 6}):  # 2 × 5 + 1 = 11 > max_len 8
+        model = SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, **kwargs)).eval()
+        assert not model.cfg.incremental
+        with pytest.raises(ValueError, match="incremental scoring needs"):
+            model.prefill(torch.ones(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="positions must be"):
+        RankerConfig(num_items=3, positions="absolute")

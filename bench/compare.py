@@ -1,0 +1,239 @@
+"""`reaseq bench compare`: rankers trained from several configs ("arms") on the same seeds, compared per user.
+
+Every arm trains with the same fixed epoch budget (early stopping on validation NDCG@10 inside it, never
+a wall-clock limit) on each seed. Test ranks are kept per user, so each arm's difference to the first arm
+gets a paired bootstrap 95% confidence interval (users resampled; each user's difference averaged over
+the seeds first), overall and on slices: sparse users (≤ 20 training items) and tail items (targets in
+the less popular half of the catalogue by training interactions). Runs are saved one file each as they
+finish, so an interrupted comparison resumes where it stopped; `--jobs` trains several runs at once (on
+a GPU they share the device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.results import write_result
+from ranking.metrics import metrics_from_ranks
+from ranking.splits import SequenceData
+
+SPARSE_TRAIN_ITEMS = 20
+BOOTSTRAP_SAMPLES = 2000
+COLUMNS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of the comparison: a name and the ranker YAML it trains from."""
+
+    name: str
+    config: str
+
+    @staticmethod
+    def parse(text: str) -> Arm:
+        name, sep, config = text.partition("=")
+        if not sep or not name or not config:
+            raise argparse.ArgumentTypeError(f"an arm is NAME=CONFIG.yaml, got {text!r}")
+        return Arm(name, config)
+
+
+def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
+    """Per-user NDCG@10 from 0-based ranks."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> dict[str, float]:
+    """Mean difference other − base of per-user values, its 95% CI (users resampled), and relative %."""
+    if base.shape != other.shape or base.size == 0:
+        raise ValueError("paired bootstrap needs two equally long, non-empty per-user arrays")
+    diff = other - base
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for start in range(0, samples, 200):  # in chunks: 200 × users indices at a time
+        count = min(200, samples - start)
+        means[start:start + count] = diff[rng.integers(0, diff.size, (count, diff.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    scale = float(base.mean())
+    relative = (lambda value: float(100 * value / scale)) if scale else (lambda value: None)
+    return {"base": scale, "other": float(other.mean()), "diff": float(diff.mean()),
+            "ci_low": float(low), "ci_high": float(high), "relative_pct": relative(diff.mean()),
+            "relative_ci_pct": [relative(low), relative(high)], "users": int(diff.size)}
+
+
+def slices(data: SequenceData) -> dict[str, np.ndarray]:
+    """Boolean masks over users: all, sparse users, users whose test target is a tail item."""
+    counts = np.zeros(data.num_items + 1)
+    for user in range(len(data.sequences)):
+        np.add.at(counts, data.train(user), 1)
+    order = np.argsort(counts[1:], kind="stable") + 1  # least popular first
+    tail = np.zeros(data.num_items + 1, dtype=bool)
+    tail[order[: data.num_items // 2]] = True
+    users = range(len(data.sequences))
+    return {"all": np.ones(len(data.sequences), dtype=bool),
+            "sparse_users": np.array([len(data.train(u)) <= SPARSE_TRAIN_ITEMS for u in users]),
+            "tail_items": np.array([tail[data.test_target(u)] for u in users])}
+
+
+def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
+    return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
+
+
+def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, device: str | None) -> dict[str, Any]:
+    """Train one arm on one seed; test metrics and the per-user test ranks."""
+    from ranking.config import load_train_config
+    from ranking.evaluate import rank_users
+    from ranking.train import model_scorer, train_ranker
+
+    cfg = load_train_config(arm.config, data.dataset, epochs=epochs, device=device)
+    if cfg.max_seconds:
+        raise ValueError(f"{arm.config}: a comparison trains by epochs only; remove train.max_seconds")
+    result = train_ranker(data, replace(cfg, seed=seed), progress=False)
+    ranks = rank_users(data, model_scorer(result.model, result.device), "test")
+    return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
+            "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
+            "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
+            "ranks": ranks.astype(int).tolist()}
+
+
+def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int]) -> str:
+    import os
+
+    import torch
+
+    sequences, dataset, arm, seed, epochs, device, out, parallel = job
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))  # parallel runs share the cores
+    data = _load(sequences, dataset)
+    path = run_file(Path(out), arm, seed)
+    run = train_run(data, arm, seed, epochs, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run))
+    tmp.replace(path)
+    return f"{arm.name} seed {seed}: test NDCG@10 {run['test']['NDCG@10']:.4f} (best epoch {run['best_epoch']}, " \
+           f"{run['train_seconds']:.0f} s on {run['device']})"
+
+
+def _load(sequences: str | None, dataset: str) -> SequenceData:
+    if sequences:
+        from ranking.splits import load_sequences_file
+
+        return load_sequences_file(sequences)
+    from ranking.experiment import load_sequences
+
+    return load_sequences(dataset)
+
+
+def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out_dir: Path) -> dict[str, Any]:
+    """Medians per arm and paired bootstrap CIs of NDCG@10 against the first arm, per slice."""
+    runs = {(arm.name, seed): json.loads(run_file(out_dir, arm, seed).read_text()) for arm in arms for seed in seeds}
+    masks = slices(data)
+    per_user = {arm.name: np.mean([ndcg_at_10(runs[arm.name, s]["ranks"]) for s in seeds], axis=0) for arm in arms}
+    table: dict[str, Any] = {}
+    for arm in arms:
+        tests = [runs[arm.name, s]["test"] for s in seeds]
+        row: dict[str, Any] = {
+            "config": arm.config, "median": {k: statistics.median(t[k] for t in tests) for k in tests[0]},
+            "seeds": {str(s): runs[arm.name, s]["test"] for s in seeds},
+            "best_epochs": [runs[arm.name, s]["best_epoch"] for s in seeds],
+            "train_seconds": [runs[arm.name, s]["train_seconds"] for s in seeds],
+            "model_config": runs[arm.name, seeds[0]]["model_config"],
+            "slices": {name: float(per_user[arm.name][mask].mean()) for name, mask in masks.items()},
+        }
+        if arm is not arms[0]:
+            row["vs_" + arms[0].name] = {name: paired_bootstrap(per_user[arms[0].name][mask], per_user[arm.name][mask])
+                                         for name, mask in masks.items()}
+        table[arm.name] = row
+    return {"dataset": data.dataset, "fingerprint": data.fingerprint, "users": len(data.sequences),
+            "seeds": list(seeds), "slice_users": {n: int(m.sum()) for n, m in masks.items()},
+            "device": runs[arms[0].name, seeds[0]]["device"], "arms": table}
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """Medians per arm, and each arm's NDCG@10 difference to the first with its 95% CI, per slice."""
+    arms = list(summary["arms"])
+    base = arms[0]
+    seeds = len(summary["seeds"])
+    lines = [f"| arm ({summary['dataset']}, median of {seeds} seeds) | " + " | ".join(COLUMNS)
+             + f" | ΔNDCG@10 vs {base}, all users [95% CI] | sparse users | tail items |",
+             "|---|" + "---:|" * (len(COLUMNS) + 3)]
+    for name in arms:
+        row = summary["arms"][name]
+        cells = [f"{row['median'][c]:.4f}" for c in COLUMNS]
+        versus = row.get("vs_" + base)
+        for part in ("all", "sparse_users", "tail_items"):
+            if versus is None or versus[part]["relative_pct"] is None:
+                cells.append("–")
+            else:
+                low, high = versus[part]["relative_ci_pct"]
+                cells.append(f"{versus[part]['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    users = summary["slice_users"]
+    lines.append(f"\n({summary['users']} users; sparse users {users['sparse_users']}, tail-item targets "
+                 f"{users['tail_items']}; device {summary['device']})")
+    return "\n".join(lines)
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    data = _load(args.sequences, args.dataset)
+    arms: list[Arm] = args.arm
+    if len({a.name for a in arms}) != len(arms) or len(arms) < 2:
+        raise SystemExit("give at least two --arm NAME=CONFIG.yaml with distinct names")
+    out_dir = Path(args.work_dir or f"bench/results/compare/{data.dataset}-{'-vs-'.join(a.name for a in arms)}")
+    todo = [(arm, seed) for seed in args.seeds for arm in arms if not run_file(out_dir, arm, seed).is_file()]
+    parallel = max(1, min(args.jobs, len(todo)))
+    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel)
+            for arm, seed in todo]
+    started = time.time()
+    print(f"{len(jobs)} run(s) to train ({len(arms) * len(args.seeds) - len(jobs)} already done) in {out_dir}",
+          flush=True)
+    if args.jobs > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("spawn").Pool(parallel) as pool:
+            for line in pool.imap_unordered(_worker, jobs):
+                print(f"[{time.time() - started:6.0f} s] {line}", flush=True)
+    else:
+        for job in jobs:
+            print(f"[{time.time() - started:6.0f} s] {_worker(job)}", flush=True)
+    summary = summarise(data, arms, args.seeds, out_dir)
+    name = args.name or f"compare-{data.dataset}-{'-vs-'.join(a.name for a in arms)}.json"
+    path = write_result(summary, name, args.out, getattr(args, "command", None))
+    print(markdown_table(summary) + f"\nJSON: {path}")
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    parser.add_argument("--sequences", default=None, help="train on an exported sequences file "
+                        "(`reaseq data export`) instead of loading --dataset")
+    parser.add_argument("--arm", type=Arm.parse, action="append", required=True,
+                        help="NAME=CONFIG.yaml; the first arm is the baseline (repeat, at least two)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=None, help="override every arm's train.epochs")
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    parser.add_argument("--work-dir", default=None, help="where finished runs are kept (resumable)")
+    parser.add_argument("--name", default=None, help="result file name under --out")
+    parser.add_argument("--out", default="bench/results", help="folder for the JSON result")
+
+
+if __name__ == "__main__":  # `python -m bench.compare …`: the same, without the rest of the CLI
+    _parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
+    add_arguments(_parser)
+    import shlex
+    import sys
+
+    _args = _parser.parse_args()
+    _args.command = "python -m bench.compare " + shlex.join(sys.argv[1:])
+    raise SystemExit(main_from_args(_args))

@@ -1,0 +1,82 @@
+"""`reaseq bench compare`: the paired bootstrap, slices, sequence files and a whole (tiny) comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from bench.compare import Arm, add_arguments, main_from_args, paired_bootstrap, slices
+from ranking.splits import SequenceData, load_sequences_file, save_sequences
+
+
+def _data(users: int = 40, items: int = 30, seed: int = 0) -> SequenceData:
+    rng = np.random.default_rng(seed)
+    sequences = [rng.integers(1, items + 1, size=int(rng.integers(5, 30))) for _ in range(users)]
+    return SequenceData("synthetic", "f" * 16, [str(i) for i in range(1, items + 1)],
+                        [str(u) for u in range(users)], sequences)
+
+
+def test_paired_bootstrap_brackets_a_known_difference():
+    rng = np.random.default_rng(1)
+    base = rng.random(2000)
+    result = paired_bootstrap(base, base + 0.05 + rng.normal(0, 0.01, 2000))
+    assert result["ci_low"] < 0.05 < result["ci_high"]
+    assert result["ci_low"] > 0.04 and result["relative_pct"] == pytest.approx(100 * 0.05 / base.mean(), rel=0.05)
+    same = paired_bootstrap(base, base.copy())
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0.0
+    assert paired_bootstrap(np.zeros(3), np.ones(3))["relative_pct"] is None  # no base to scale by
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap(base, base[:-1])
+
+
+def test_slices_pick_sparse_users_and_tail_targets():
+    data = _data()
+    masks = slices(data)
+    assert masks["all"].all()
+    assert masks["sparse_users"].tolist() == [len(data.train(u)) <= 20 for u in range(40)]
+    assert 0 < masks["tail_items"].sum() < 40
+
+
+def test_sequence_files_round_trip_and_refuse_tampering(tmp_path):
+    data = _data()
+    path = save_sequences(data, tmp_path / "synthetic.npz")
+    loaded = load_sequences_file(path)
+    assert (loaded.dataset, loaded.fingerprint, loaded.item_ids, loaded.user_ids) == \
+        (data.dataset, data.fingerprint, data.item_ids, data.user_ids)
+    assert all((a == b).all() for a, b in zip(loaded.sequences, data.sequences, strict=True))
+    with np.load(path) as archive:
+        parts = dict(archive)
+    parts["flat"] = parts["flat"].copy()
+    parts["flat"][0] += 1
+    np.savez(tmp_path / "tampered.npz", **parts)
+    with pytest.raises(ValueError, match="checksum"):
+        load_sequences_file(tmp_path / "tampered.npz")
+    with pytest.raises(FileNotFoundError, match="reaseq data export"):
+        load_sequences_file(tmp_path / "missing.npz")
+
+
+def test_arms_parse_as_name_equals_config():
+    assert Arm.parse("rotary=a/b.yaml") == Arm("rotary", "a/b.yaml")
+    with pytest.raises(argparse.ArgumentTypeError):
+        Arm.parse("no-config")
+
+
+def test_a_tiny_comparison_trains_resumes_and_writes_its_table(tmp_path, capsys):
+    sequences = save_sequences(_data(), tmp_path / "synthetic.npz")
+    for name, extra in (("a", ""), ("b", "  positions: rotary\n  window: 3\n")):
+        (tmp_path / f"{name}.yaml").write_text(f"model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\n{extra}"
+                                               "train:\n  epochs: 2\n  batch_size: 16\n  patience: 2\n  device: cpu\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--sequences", str(sequences), "--arm", f"a={tmp_path / 'a.yaml'}", "--arm", f"b={tmp_path / 'b.yaml'}",
+            "--seeds", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main_from_args(parser.parse_args(argv)) == 0
+    result = json.loads((tmp_path / "out" / "compare-synthetic-a-vs-b.json").read_text())
+    assert result["arms"]["b"]["model_config"]["positions"] == "rotary"
+    assert set(result["arms"]["b"]["vs_a"]) == {"all", "sparse_users", "tail_items"}
+    assert result["git_commit"] and result["machine"]
+    assert main_from_args(parser.parse_args(argv)) == 0  # every run on file: nothing trains again
+    assert "0 run(s) to train (4 already done)" in capsys.readouterr().out
