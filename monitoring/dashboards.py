@@ -76,6 +76,10 @@ PIPELINE_ROWS: tuple[Row, ...] = (
             ("histogram_quantile(0.5, sum by (le) (rate(ray_reaseq_ranker_batch_seconds_bucket[$__rate_interval])))",
              "p50"),
             ("reaseq:ranker_batch_seconds:p99_5m", "p99 (5m)")), unit="s"),
+        Panel("Ranker state cache", (
+            ("sum by (result) (rate(ray_reaseq_ranker_state_cache_total[$__rate_interval]))", "{{result}}"),),
+            unit="ops", stack=True,
+            description="hit: scored by one token's pass per new event; unchanged: no new event; miss: full pass."),
         Panel("Serve queue and replicas", (
             ("sum by (deployment) (ray_serve_deployment_queued_queries)", "queued {{deployment}}"),
             ("sum by (deployment) (ray_serve_num_ongoing_requests_at_replicas)", "ongoing {{deployment}}"),

@@ -12,7 +12,9 @@ from ranking.train import TrainConfig
 from streaming.pipeline import JobProcess
 
 # A ranker that trains in seconds: the integration tests need a real artifact, not a good one.
-TINY_RANKER = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1})
+# rotary positions and a window, as the shipped configs: Serve scores it through its state cache
+TINY_RANKER = TrainConfig(epochs=1, batch_size=256, model={"max_len": 20, "dim": 16, "layers": 1, "heads": 1,
+                                                           "positions": "rotary", "window": 10})
 
 
 def wait_for(predicate: Callable[[], bool], job: JobProcess, timeout: float, what: str) -> None:

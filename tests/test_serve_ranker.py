@@ -107,6 +107,13 @@ def test_real_serve_batches_requests_and_survives_a_killed_replica(tiny_artifact
         assert [r["user_id"] for r in response["results"]] == [u["user_id"] for u in users]
         direct = score_users(LoadedRanker.load(str(tiny_artifact.path), "cpu"), users, 3)
         assert [r["items"] for r in response["results"]] == [r["items"] for r in direct]
+        # the same users one event later: the replica steps its cached states; a full pass agrees
+        later = [{**u, "recent_items": u["recent_items"] + ["50"]} for u in users]
+        stepped = client.score(later, top_k=3)["results"]
+        full = score_users(LoadedRanker.load(str(tiny_artifact.path), "cpu", state_cache_users=0), later, 3)
+        assert [r["items"] for r in stepped] == [r["items"] for r in full]
+        assert [s for r in stepped for s in r["scores"]] == pytest.approx([s for r in full for s in r["scores"]],
+                                                                         abs=1e-4)
 
         with futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda n: client.score(users[n:n + 5]), range(0, 40, 5)))

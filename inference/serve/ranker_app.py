@@ -22,8 +22,15 @@ class Ranker(BatchedUsersApp):
     """Scores user states with the ranker artifact it loaded; the response names that version."""
 
     def __init__(self, artifact: str, top_k: int = 10, device: str = "auto",
-                 max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005) -> None:
-        self.ranker = LoadedRanker.load(artifact, device)
+                 max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005,
+                 state_cache_users: int = 10_000) -> None:
+        from ray.util import metrics
+
+        self.ranker = LoadedRanker.load(artifact, device, state_cache_users)
+        self.cache_results = metrics.Counter(names.RANKER_STATE_CACHE, description="users scored, by state cache "
+                                             "result (hit: incremental, unchanged, miss: full pass)",
+                                             tag_keys=("result",))
+        self.cache_seen = (0, 0, 0)
         self.version = self.ranker.version
         self.top_k = top_k
         self.set_batching(max_batch_size, batch_wait_timeout_s)
@@ -31,7 +38,15 @@ class Ranker(BatchedUsersApp):
                                    names.RANKER_BATCH_REQUESTS, what="Ranker")
 
     def run(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return score_users(self.ranker, users, self.top_k)
+        results = score_users(self.ranker, users, self.top_k)
+        if self.ranker.cache is not None:
+            stats = self.ranker.cache.stats
+            now = (stats.hits, stats.unchanged, stats.misses)
+            for result, count, before in zip(("hit", "unchanged", "miss"), now, self.cache_seen, strict=True):
+                if count > before:
+                    self.cache_results.inc(count - before, tags={"result": result})
+            self.cache_seen = now
+        return results
 
     def options(self, body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
         top_k = body.get("top_k") or self.top_k

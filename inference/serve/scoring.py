@@ -10,21 +10,25 @@ from typing import Any
 import torch
 
 from ranking.artifacts import Artifact, load_artifact, resolve_artifact
+from ranking.incremental import RankerStateCache
 from ranking.model import SequentialRanker, left_pad
 
 
 @dataclass(frozen=True)
 class LoadedRanker:
-    """A ranker artifact ready to score: the model, its item vocabulary and its version."""
+    """A ranker artifact ready to score: the model, its item vocabulary, its version, and — when the model
+    allows it — the per-user state cache that scores a new event by one token's forward pass."""
 
     model: SequentialRanker
     item_ids: list[str]
     item_index: dict[str, int]
     version: str
     device: str
+    cache: RankerStateCache | None = None
 
     @staticmethod
-    def load(spec: str, device: str = "auto") -> LoadedRanker:
+    def load(spec: str, device: str = "auto", state_cache_users: int = 10_000) -> LoadedRanker:
+        """Load an artifact; `state_cache_users` > 0 caches that many users' states (incremental models)."""
         from ranking.data import load_dataset
         from ranking.experiment import load_ranker
 
@@ -34,8 +38,9 @@ class LoadedRanker:
         if dataset.fingerprint != artifact.dataset["fingerprint"]:
             raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
         item_ids = list(dataset.items.item_id)
+        cache = RankerStateCache(model, state_cache_users) if model.cfg.incremental and state_cache_users else None
         return LoadedRanker(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)},
-                            artifact.version, str(next(model.parameters()).device))
+                            artifact.version, str(next(model.parameters()).device), cache)
 
 
 def check_ranker(ranker: LoadedRanker) -> None:
@@ -54,13 +59,17 @@ def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: in
     index = ranker.item_index
     histories = [[index[i] for i in user.get("recent_items", ()) if i in index] for user in users]
     model = ranker.model
-    extra = None
+    inferred = None
     if model.cfg.extra_len:
-        inferred = [[index[i] for i in user.get("inferred_items", ()) if i in index] for user in users]
-        extra = left_pad(inferred, model.cfg.extra_len).to(ranker.device)
-    batch = left_pad(histories, model.cfg.max_len).to(ranker.device)
+        inferred = [[index[i] for i in user.get("inferred_items", ()) if i in index][-model.cfg.extra_len:]
+                    for user in users]
     with torch.no_grad():
-        scores = model.score_last(batch, extra).float()
+        if ranker.cache is not None:
+            hidden = ranker.cache.hidden([str(user.get("user_id")) for user in users], histories, inferred)
+            scores = (hidden @ model.item_table().T).float()
+        else:
+            extra = None if inferred is None else left_pad(inferred, model.cfg.extra_len).to(ranker.device)
+            scores = model.score_last(left_pad(histories, model.cfg.max_len).to(ranker.device), extra).float()
     scores[:, 0] = -torch.inf
     for row, history in enumerate(histories):
         if history:
