@@ -99,7 +99,12 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     cfg = load_train_config(arm.config, data.dataset, epochs=epochs, device=device)
     if cfg.max_seconds:
         raise ValueError(f"{arm.config}: a comparison trains by epochs only; remove train.max_seconds")
-    result = train_ranker(data, replace(cfg, seed=seed), progress=False)
+    side = None
+    if cfg.knowledge:
+        from inference.knowledge.embeddings import knowledge_training_inputs
+
+        side = knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge)["side_embeddings"]
+    result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side)
     ranks = rank_users(data, model_scorer(result.model, result.device), "test")
     return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,

