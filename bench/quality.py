@@ -36,15 +36,20 @@ def median_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def run_quality(data: SequenceData, cfg: TrainConfig, seeds: list[int], progress: bool = True,
-                extras: dict | None = None, provenance: dict | None = None) -> dict[str, Any]:
+                extras: dict | None = None, provenance: dict | None = None,
+                knowledge: dict | None = None) -> dict[str, Any]:
     """Popularity once, the ranker once per seed; medians and every run, ready for JSON.
 
-    `extras`/`provenance` pass through to train_and_save (a ranker reading inferred behaviours)."""
+    `extras`/`provenance` pass through to train_and_save (a ranker reading inferred behaviours), and so do
+    `knowledge`'s train_and_save arguments (inference.knowledge.embeddings.knowledge_training_inputs)."""
+    knowledge = dict(knowledge or {})
+    provenance = {**(provenance or {}), **knowledge.pop("provenance", {})} or None
     started = time.time()
     popularity = evaluate_popularity(data, "test")
     runs = []
     for seed in seeds:
-        run = train_and_save(data, replace(cfg, seed=seed), progress=progress, extras=extras, provenance=provenance)
+        run = train_and_save(data, replace(cfg, seed=seed), progress=progress, extras=extras, provenance=provenance,
+                             **knowledge)
         runs.append({"seed": seed, "artifact": str(run.artifact.path), "test": run.test,
                      "best_epoch": run.artifact.metrics["best_epoch"],
                      "train_seconds": run.artifact.metrics["train_seconds"]})

@@ -77,7 +77,7 @@ class Block(nn.Module):
     def __init__(self, cfg: RankerConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
-        self.rotary = cfg.positions == "rotary"
+        self.rotary = getattr(cfg, "positions", "learned") == "rotary"  # the behaviour model shares the block
         self.norm1 = nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)

@@ -170,23 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_knowledge_arguments(knowledge)
 
-    demo_help = ("the main job on the embedded default (ML-100K): data, train, evaluate, results table, "
-                 "then the streaming pipeline (Kafka → PyFlink → Ray Serve → Kafka) replaying the ratings "
-                 "with live progress and a few users' recommendations")
-    demo = commands.add_parser("demo", help=demo_help, description=demo_help)
-    _add_train_args(demo)
-    demo.add_argument("--seeds", type=int, nargs="+", default=[1])
-    demo.add_argument("--rate", type=float, default=500.0, help="replay rate of the streaming part (events/s)")
-    demo.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
-    demo.add_argument("--mode", default="low-latency", choices=["low-latency", "transactional"])
-    demo.add_argument("--no-stream", action="store_true", help="stop after training and evaluation")
-    demo.add_argument("--no-behavior", action="store_true",
-                      help="skip the behaviour model (the ranker then reads the log alone)")
-    demo.add_argument("--no-stream-behavior", dest="stream_behavior", action="store_false",
-                      help="stream without the nearline behaviour refresh (by default the behaviour model is served "
-                           "beside the Ranker and the job refreshes users' inferred behaviours as events arrive)")
-    demo.add_argument("--behavior-seconds", type=float, default=150.0,
-                      help="time budget of the behaviour model's training (default 150 s)")
+    from reaseq import demo as demo_module
+
+    demo = commands.add_parser("demo", help=demo_module.HELP, description=demo_module.HELP)
+    demo_module.add_arguments(demo, _add_train_args)
     return parser
 
 
@@ -416,94 +403,19 @@ def _bench_behavior(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from reaseq.demo import run
 
-    from bench.quality import markdown_table, run_quality, write_result
-    from ranking.artifacts import load_artifact
-    from ranking.data import load_dataset
-    from ranking.experiment import load_ranker
-    from ranking.splits import build_sequences
-
-    started = time.time()
-    steps = 3 + (not args.no_behavior) + (not args.no_stream)
-    step = iter(range(1, steps + 1))
-    print(f"[{next(step)}/{steps}] data: MovieLens-100K from the recbole 1.2.1 wheel (verified by sha256)")
-    dataset = load_dataset("ml-100k")
-    data = build_sequences(dataset)
-    titles = dataset.title_of()
-    print(f"      {len(dataset.interactions):,} interactions, {len(data.user_ids)} users, {data.num_items:,} items")
-    cfg = _train_config(args, "ml-100k")
-    extras = provenance = behavior_path = None
-    if not args.no_behavior:
-        behavior_path, extras, provenance = _demo_behavior(args, data, titles, f"[{next(step)}/{steps}]")
-        cfg = replace(cfg, model={**cfg.model, "extra_len": len(next(iter(extras["test"].values())))})
-    label = "the SASRec-CE ranker" + (" reading the inferred behaviours" if extras else "")
-    print(f"[{next(step)}/{steps}] train + evaluate: popularity and {label} (seeds {args.seeds})")
-    result = run_quality(data, cfg, args.seeds, progress=not args.quiet, extras=extras, provenance=provenance)
-    result["command"] = "reaseq demo"
-    write_result(result, Path("bench/results/demo"))
-    print(f"[{next(step)}/{steps}] results (leave-one-out, full ranking over all items minus the user's history)\n")
-    print(markdown_table(result))
-    artifact = load_artifact(Path(result["ranker_runs"][0]["artifact"]))
-    print(f"\nranker artifact: {artifact.path}")
-    print(_sample_recommendations(load_ranker(artifact), data, titles, artifact.version,
-                                  extras["test"] if extras else None))
-    if not args.no_stream:
-        from inference.serve.local import free_port
-        from streaming.runner import PipelineOptions, run_pipeline
-
-        print(f"\n[{next(step)}/{steps}] streaming: replay the ratings at {args.rate:.0f} events/s through Kafka → "
-              f"PyFlink → Ray Serve (ranker {artifact.version}"
-              f"{', behaviour ' + behavior_path.name if behavior_path and args.stream_behavior else ''}) → Kafka, "
-              f"{args.mode} mode")
-        summary = run_pipeline(PipelineOptions(artifact=str(artifact.path), rate=args.rate, limit=args.limit,
-                                               mode=args.mode, metrics_port=free_port(),
-                                               behavior_artifact=str(behavior_path)
-                                               if behavior_path and args.stream_behavior else None))
-        if _pipeline_failed(summary):
-            return 1
-    print(f"\ndone in {time.time() - started:.0f} s on {result['machine']}")
-    return 0
-
-
-def _pipeline_failed(summary: dict) -> bool:
-    """Report a run that lost events or whose replay failed (exit status 1 follows)."""
-    from streaming.runner import incomplete
-
-    problem = incomplete(summary)
-    if problem:
-        print(f"reaseq: error: the pipeline run is incomplete: {problem}", file=sys.stderr)
-    return problem is not None
-
-
-def _demo_behavior(args: argparse.Namespace, data, titles: dict[str, str], step: str):
-    """Train the behaviour model, show what it infers for a user, and infer for everyone (ranker input)."""
-    from inference.behavior.sampling import SamplingConfig
-    from inference.behavior.train import inferred_extras, load_behavior_config, save_behavior, train_behavior
-    from ranking.experiment import dataset_record
-
-    cfg = load_behavior_config(None, "ml-100k", device=args.device, max_seconds=args.behavior_seconds)
-    print(f"{step} behaviour model: masked diffusion over item tokens (K={cfg.sampling.get('slots')}, "
-          f"S={cfg.sampling.get('steps')}), trained on each user's training items only")
-    result = train_behavior(data, cfg, progress=not args.quiet)
-    artifact = save_behavior(result, cfg, dataset_record(data))
-    extras = inferred_extras(result.model, data, cfg.holdout, SamplingConfig(**cfg.sampling), result.device)
-    name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
-    user = 0
-    print(f"      saved {artifact.path} (held-out recall@{result.model_config.slots} {result.valid_recall:.3f})")
-    print(f"      user {data.user_ids[user]} recently: {'; '.join(name(i) for i in data.sequences[user][-4:-1])}")
-    print(f"      inferred beyond the log: {'; '.join(name(i) for i in extras['test'][user][:5])}")
-    return artifact.path, extras, {"behavior_version": artifact.version}
+    return run(args, _train_config)
 
 
 def _stream(args: argparse.Namespace) -> int:
     if args.stream_command == "run":
-        from streaming.runner import PipelineOptions, run_pipeline
+        from streaming.runner import PipelineOptions, report_incomplete, run_pipeline
 
         summary = run_pipeline(PipelineOptions(artifact=args.artifact, rate=args.rate, limit=args.limit,
                                                mode=args.mode, bootstrap_servers=args.bootstrap_servers,
                                                checkpoint_interval_ms=args.checkpoint_interval_ms))
-        return 1 if _pipeline_failed(summary) else 0
+        return 1 if report_incomplete(summary) else 0
     if args.stream_command == "kafka":
         from streaming.kafka_broker import EmbeddedKafka
         from streaming.topics import TopicsConfig, ensure_topics
@@ -552,25 +464,6 @@ def _knowledge(args: argparse.Namespace) -> int:
 def _wait_forever() -> None:
     while True:
         time.sleep(3600)
-
-
-def _sample_recommendations(model, data, titles: dict[str, str], version: str, inferred: dict | None = None,
-                            users: int = 3, k: int = 5) -> str:
-    from inference.serve.scoring import LoadedRanker, score_users
-
-    ranker = LoadedRanker(model, data.item_ids, data.item_index(), version, str(next(model.parameters()).device))
-    histories = [data.sequences[user][:-1] for user in range(users)]
-    name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
-    ids = lambda items: [data.item_ids[i - 1] for i in items]  # noqa: E731
-    results = score_users(ranker, [{"user_id": data.user_ids[u], "recent_items": ids(h),
-                                    "inferred_items": ids(inferred[u]) if inferred else []}
-                                   for u, h in enumerate(histories)], top_k=k)
-    lines = []
-    for user, (history, result) in enumerate(zip(histories, results, strict=True)):
-        lines.append(f"user {data.user_ids[user]}: last watched {', '.join(name(i) for i in history[-3:])}")
-        lines.append(f"   held-out next: {name(data.test_target(user))}")
-        lines.append(f"   recommended:   {'; '.join(titles[item] for item in result['items'])}")
-    return "\n".join(lines)
 
 
 def _metrics_line(label: str, metrics: dict[str, float]) -> str:

@@ -142,7 +142,9 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
         p50, p99 = stats.latency_percentiles()
         summary = {"events": len(events), "sent": sent[0], "states": stats.states, "scores": stats.scores,
                    "dead_letters": stats.dead_letters, "p50_ms": p50, "p99_ms": p99,
-                   "model_version": served.model_version, "seconds": round(time.monotonic() - started, 1),
+                   "model_version": served.model_version,
+                   "explained": sum(any(s.get("reasons") or []) for s in monitor.latest_scores.values()),
+                   "seconds": round(time.monotonic() - started, 1),
                    "refreshes": stats.refreshes, "staleness_p99_events": stats.staleness_p99(),
                    "replay_error": repr(replay_errors[0]) if replay_errors else None}
         print(f"\n{stats.scores:,} of {len(events):,} events scored, {stats.states:,} states, "
@@ -156,12 +158,23 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
             if state.get("inferred_items"):
                 inferred = ", ".join(titles.get(i, i) for i in state["inferred_items"][:4])
                 print(f"   inferred beyond the log ({state.get('inferred_model_version')}): {inferred}", file=out)
-            for item, score in list(zip(scores["items"], scores["scores"], strict=True))[:5]:
-                print(f"   {score:7.3f}  {titles.get(item, item)}", file=out)
+            if scores.get("intents"):
+                print(f"   intents: {'; '.join(scores['intents'])}", file=out)
+            reasons = scores.get("reasons") or [None] * len(scores["items"])
+            for item, score, reason in list(zip(scores["items"], scores["scores"], reasons, strict=True))[:5]:
+                print(f"   {score:7.3f}  {titles.get(item, item)}{f'  — {reason}' if reason else ''}", file=out)
         problem = incomplete(summary)
         if problem:
             print(f"\nINCOMPLETE: {problem}", file=out)
         return summary
+
+
+def report_incomplete(summary: dict[str, Any]) -> bool:
+    """Say on stderr why a run is incomplete (lost events, a failed replay); True if it is."""
+    problem = incomplete(summary)
+    if problem:
+        print(f"reaseq: error: the pipeline run is incomplete: {problem}", file=sys.stderr)
+    return problem is not None
 
 
 def incomplete(summary: dict[str, Any]) -> str | None:

@@ -183,3 +183,23 @@ def kill_mid_stream_and_restore(cfg, kafka: str, events: list, monitor, work, fi
     finally:
         job.stop()
         monitor.stop()
+
+
+def tiny_knowledge(dataset, root) -> dict:
+    """A knowledge-embeddings artifact under `root` (random text vectors, the real KG's relational vectors and
+    reasons) and the ranker's training inputs from it: a knowledge-aware ranker without the text encoder."""
+    import numpy as np
+
+    from inference.knowledge.embeddings import (
+        knowledge_training_inputs,
+        l2_normalise,
+        save_embeddings,
+        save_kg_relations,
+    )
+    from inference.knowledge.store import EMBEDDINGS, resolve_version
+
+    ids = [str(i) for i in dataset.items.item_id]
+    text = l2_normalise(np.random.default_rng(0).normal(size=(len(ids), 384)).astype(np.float32))
+    version = save_embeddings(dataset.name, ids, ids, text, {"source": "test", "knowledge_version": "k-test"}, root)
+    save_kg_relations(resolve_version(EMBEDDINGS, dataset.name, version, root), dataset.items, dataset.kg, ids)
+    return knowledge_training_inputs(dataset.name, ids, version, root)

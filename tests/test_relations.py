@@ -47,10 +47,11 @@ def test_reasons_follow_the_sequel_chain_and_prefer_the_strongest_relation(relat
 
 
 def test_shared_cast_is_counted(relations, graph):
-    item, (other, (kind, count)) = next((i, pair) for i, pairs in relations.related.items()
+    item, (other, (_, count)) = next((i, pair) for i, pairs in relations.related.items()
                                         for pair in pairs.items() if pair[1][0] == "cast" and pair[1][1] >= 3)
     assert count == len(graph.lookup(item, "cast") & graph.lookup(other, "cast"))
-    assert relations.reason(item, [other]) == f"shares {count} cast members with {graph.titles[other]}, which you watched"
+    expected = f"shares {count} cast members with {graph.titles[other]}, which you watched"
+    assert relations.reason(item, [other]) == expected
 
 
 def test_relations_round_trip(relations, tmp_path):

@@ -19,14 +19,15 @@ from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, kill_mid_stream_and_restore, wait_for
+from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, kill_mid_stream_and_restore, tiny_knowledge, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def serve_both(tmp_path_factory, ml100k_sequences):
-    """Ray Serve with the Ranker (reading 5 inferred items) and the BehaviorReasoner on tiny artifacts."""
+def serve_both(tmp_path_factory, ml100k, ml100k_sequences):
+    """Ray Serve with the knowledge-aware Ranker (reading 5 inferred items; KG reasons) and the BehaviorReasoner,
+    on tiny artifacts."""
     from dataclasses import replace
 
     from inference.behavior.train import BehaviorTrainConfig, save_behavior, train_behavior
@@ -35,13 +36,23 @@ def serve_both(tmp_path_factory, ml100k_sequences):
 
     root = tmp_path_factory.mktemp("artifacts")
     data = ml100k_sequences
-    ranker_cfg = replace(TINY_RANKER, model={**TINY_RANKER.model, "extra_len": 5})
-    ranker = train_and_save(data, ranker_cfg, progress=False, root=root).artifact
+    knowledge = tiny_knowledge(ml100k, root)
+    ranker_cfg = replace(TINY_RANKER, model={**TINY_RANKER.model, "extra_len": 5, "side_mode": "gate"},
+                         knowledge=knowledge["provenance"]["embeddings_version"])
+    ranker = train_and_save(data, ranker_cfg, progress=False, root=root, **knowledge).artifact
     cfg = BehaviorTrainConfig(**TINY_BEHAVIOR_CONFIG)
     behavior = save_behavior(train_behavior(data, cfg, users=range(200), progress=False), cfg,
                              dataset_record(data), root=root)
     with LocalServe(str(ranker.path), behavior_artifact=str(behavior.path)) as served:
         yield served
+
+
+def serve_both_knowledge(served) -> str:
+    """The knowledge version the served Ranker reports."""
+    from inference.serve.client import RankerClient
+
+    reply = RankerClient(served.url, timeout_s=10.0).score([{"user_id": "probe", "recent_items": ["50"]}], top_k=1)
+    return reply["knowledge_version"]
 
 
 def _topics() -> TopicsConfig:
@@ -151,6 +162,11 @@ def test_killed_job_with_refresh_on_restores_exactly_once(kafka, serve_both, ml1
     scores = [json.loads(v) for _, v in monitor.records[topics.user_scores]]
     covered = [e for r in scores for e, _ in covered_events(r)]
     assert sorted(covered) == sorted(e.event_id for e in events)  # each event answered exactly once
+    # the knowledge-aware Ranker scored them all: its knowledge version on every record, KG reasons on some
+    knowledge_version = serve_both_knowledge(serve_both)
+    assert knowledge_version and {r["knowledge_version"] for r in scores} == {knowledge_version}
+    assert all(len(r["reasons"]) == len(r["items"]) for r in scores)
+    assert any(reason for r in scores for reason in r["reasons"]), "no recommendation was explained"
     states = [json.loads(v) for _, v in monitor.records[topics.user_state]]
     assert any(s["inferred_items"] for s in states), "no refresh reached user state"
     assert monitor.snapshot().refreshes > 0  # state records made by a refresh, told apart from event records

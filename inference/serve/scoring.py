@@ -20,7 +20,6 @@ from ranking.artifacts import Artifact, load_artifact, resolve_artifact
 from ranking.incremental import RankerStateCache
 from ranking.model import SequentialRanker, left_pad
 
-
 INTENTS_PER_USER = 3
 
 
