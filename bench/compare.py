@@ -19,13 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.results import write_result
-from ranking.metrics import metrics_from_ranks
-from ranking.splits import SequenceData
+
+if TYPE_CHECKING:  # the CLI builds its parser from this module: keep torch and pandas out of that
+    from ranking.splits import SequenceData
 
 SPARSE_TRAIN_ITEMS = 20
 BOOTSTRAP_SAMPLES = 2000
@@ -94,6 +95,7 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     """Train one arm on one seed; test metrics and the per-user test ranks."""
     from ranking.config import load_train_config
     from ranking.evaluate import rank_users
+    from ranking.metrics import metrics_from_ranks
     from ranking.train import model_scorer, train_ranker
 
     cfg = load_train_config(arm.config, data.dataset, epochs=epochs, device=device)

@@ -113,3 +113,17 @@ def test_a_knowledge_aware_ranker_explains_its_items_and_records_carry_them(ml10
                                     {"model_version": "r-test", "knowledge_version": "e-test", "results": [result]},
                                     "scores", lambda: 9)[0][2])
     assert body["knowledge_version"] == "e-test" and body["reasons"] == result["reasons"]
+
+
+def test_a_ranker_with_an_intent_index_composes_the_users_intents(ml100k):
+    from inference.knowledge.intents import IntentIndex
+
+    ids = [str(i) for i in ml100k.items.item_id]
+    records = {STAR_WARS: {"intents": ["epic space adventure", "evening with friends", "1970s sci-fi"]},
+               EMPIRE: {"intents": ["epic space adventure", "movie for teens", "1980s sci-fi"]}}
+    index = IntentIndex.from_records(records, lambda texts: np.eye(len(texts), 4, dtype=np.float32))
+    model = SequentialRanker(RankerConfig(num_items=len(ids), max_len=10, dim=8, heads=1)).eval()
+    ranker = LoadedRanker(model, ids, {item: n + 1 for n, item in enumerate(ids)}, "r-test", "cpu", intents=index)
+    result = score_users(ranker, [{"user_id": "u", "recent_items": [STAR_WARS, EMPIRE, "1"]}], top_k=2)[0]
+    assert result["intents"][0] == "epic space adventure" and len(result["intents"]) == 3
+    assert "reasons" not in result  # no relation index, no reasons
