@@ -146,6 +146,7 @@ class SequentialRanker(nn.Module):
                  cold_items: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self._frozen_table: torch.Tensor | None = None
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
@@ -178,8 +179,21 @@ class SequentialRanker(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def freeze(self) -> SequentialRanker:
+        """For serving: eval mode, and the item table (side vectors fused) computed once, not per call."""
+        self.eval()
+        with torch.no_grad():
+            self._frozen_table = self.item_table()
+        return self
+
+    def train(self, mode: bool = True) -> SequentialRanker:
+        self._frozen_table = None  # the weights may change again
+        return super().train(mode)
+
     def item_table(self) -> torch.Tensor:
         """(N+1, dim) item representations, shared by input and output."""
+        if self._frozen_table is not None:
+            return self._frozen_table
         table = self.item_emb.weight
         if self.cfg.side_dim:
             side = self.side_proj(self.side)

@@ -106,3 +106,16 @@ def test_incremental_scoring_refuses_a_model_it_cannot_reproduce():
             model.prefill(torch.ones(1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="positions must be"):
         RankerConfig(num_items=3, positions="absolute")
+
+
+def test_a_frozen_ranker_reuses_its_item_table_until_trained_again():
+    side = torch.randn(31, 5)
+    model = SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode="gate"),
+                             side).freeze()
+    history = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        frozen = model.score_last(history)
+        assert model.item_table() is model.item_table()
+        model.train()  # drops the memo: the weights may change
+        assert model.item_table() is not model.item_table()
+        assert torch.allclose(model.eval().score_last(history), frozen, atol=1e-6)

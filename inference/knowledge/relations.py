@@ -24,10 +24,11 @@ from inference.knowledge.evidence import KnowledgeGraph
 REASON_KINDS = ("sequel", "prequel", "director", "writer", "cast", "cinematographer", "producer", "subject")
 VECTOR_KINDS = ("director", "writer", "cast", "cinematographer", "producer", "subject", "studio")
 PHRASES = {"sequel": "sequel of {title}", "prequel": "prequel of {title}", "director": "same director as {title}",
-           "writer": "same writer as {title}", "cast": "shares {count} cast member{s} with {title}",
+           "writer": "same writer as {title}", "cast": "shares {count} cast members with {title}",
            "cinematographer": "same cinematographer as {title}", "producer": "same producer as {title}",
            "subject": "same subject as {title}"}
 MAX_RELATED = 200  # per item and kind: beyond this a shared entity explains nothing
+MIN_SHARED_CAST = 2  # one shared actor (often a bit part) is too thin a reason
 
 
 class RelationIndex:
@@ -49,6 +50,8 @@ class RelationIndex:
                               if not o.startswith("?")]
                 else:
                     others = [(o, _shared_count(graph, item, o, kind)) for o in graph.shared(item, kind)[:MAX_RELATED]]
+                    if kind == "cast":
+                        others = [(o, count) for o, count in others if count >= MIN_SHARED_CAST]
                 for other, count in others:
                     if other != item and other not in pairs:
                         pairs[other] = (kind, count)
@@ -74,7 +77,7 @@ class RelationIndex:
         if best is None:
             return None
         kind, watched, count = REASON_KINDS[best[0]], best[1], best[2]
-        text = PHRASES[kind].format(title=self.titles.get(watched, watched), count=count, s="s" * (count > 1))
+        text = PHRASES[kind].format(title=self.titles.get(watched, watched), count=count)
         return f"{text}, which you watched"
 
     def save(self, path: Path) -> None:

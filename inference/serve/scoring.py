@@ -45,7 +45,7 @@ class LoadedRanker:
         from ranking.experiment import load_ranker
 
         artifact: Artifact = load_artifact(resolve_artifact(spec))
-        model = load_ranker(artifact, device)
+        model = load_ranker(artifact, device).freeze()
         dataset = load_dataset(artifact.dataset["name"])
         if dataset.fingerprint != artifact.dataset["fingerprint"]:
             raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
