@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.compare import add_arguments as add_compare_arguments
 
     add_compare_arguments(compare)
+    ranker_pass = bench_cmds.add_parser("ranker-pass", help="the Ranker's model pass per user: full pass vs the "
+                                        "incremental state cache; JSON to bench/results/")
+    from bench.ranker_pass import add_arguments as add_ranker_pass_arguments
+
+    add_ranker_pass_arguments(ranker_pass)
 
     bench_behavior = bench_cmds.add_parser(
         "behavior", help="implicit path: ranker with vs without inferred behaviours (median of seeds, overall and "
@@ -343,6 +348,10 @@ def _bench(args: argparse.Namespace) -> int:
         return knowledge_bench(args)
     if args.bench == "behavior":
         return _bench_behavior(args)
+    if args.bench == "ranker-pass":
+        from bench.ranker_pass import main_from_args as ranker_pass
+
+        return ranker_pass(args)
     if args.bench == "compare":
         from bench.compare import main_from_args as compare
 

@@ -37,6 +37,9 @@ class RelationIndex:
     def __init__(self, titles: dict[str, str], related: dict[str, dict[str, tuple[str, int]]]) -> None:
         self.titles = titles
         self.related = related
+        rank = {kind: n for n, kind in enumerate(REASON_KINDS)}
+        self._ranked = {item: {other: (rank[kind], count) for other, (kind, count) in pairs.items()}
+                        for item, pairs in related.items()}
 
     @classmethod
     def from_graph(cls, graph: KnowledgeGraph, item_ids: Iterable[str]) -> RelationIndex:
@@ -59,26 +62,34 @@ class RelationIndex:
                 related[item] = pairs
         return cls(dict(graph.titles), related)
 
+    def reasons(self, items: Sequence[str], recent_items: Sequence[str]) -> list[str | None]:
+        """Why each of `items` fits a user who watched `recent_items` (oldest first): the strongest relation
+        to a watched item, the newest such item on ties — e.g. 'same director as Alien (1979), which you
+        watched' — or None. One pass over the user's items, then a lookup per pair."""
+        newest = {watched: position for position, watched in enumerate(recent_items)}
+        out: list[str | None] = []
+        for item in items:
+            pairs = self._ranked.get(item)
+            best: tuple[int, int, str, int] | None = None  # (kind rank, −position, watched, count)
+            if pairs:
+                small, large = (pairs, newest) if len(pairs) < len(newest) else (newest, pairs)
+                for watched in small:
+                    if watched in large:
+                        rank, count = pairs[watched]
+                        key = (rank, -newest[watched], watched, count)
+                        if best is None or key < best:
+                            best = key
+            if best is None:
+                out.append(None)
+                continue
+            rank, _, watched, count = best
+            text = PHRASES[REASON_KINDS[rank]].format(title=self.titles.get(watched, watched), count=count)
+            out.append(f"{text}, which you watched")
+        return out
+
     def reason(self, item: str, recent_items: Sequence[str]) -> str | None:
-        """Why `item` fits a user who watched `recent_items` (oldest first): the newest related item's
-        strongest relation, e.g. 'same director as Alien (1979), which you watched'; None if none."""
-        pairs = self.related.get(item)
-        if not pairs:
-            return None
-        best: tuple[int, str, int] | None = None  # (kind rank, watched item, count), newest item wins ties
-        for watched in reversed(recent_items):
-            found = pairs.get(watched)
-            if found is not None:
-                rank = REASON_KINDS.index(found[0])
-                if best is None or rank < best[0]:
-                    best = (rank, watched, found[1])
-                    if rank == 0:
-                        break
-        if best is None:
-            return None
-        kind, watched, count = REASON_KINDS[best[0]], best[1], best[2]
-        text = PHRASES[kind].format(title=self.titles.get(watched, watched), count=count)
-        return f"{text}, which you watched"
+        """`reasons` for one item."""
+        return self.reasons([item], recent_items)[0]
 
     def save(self, path: Path) -> None:
         payload = {"titles": {i: self.titles[i] for i in sorted({i for i in self.related} |

@@ -99,7 +99,7 @@ def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: in
                   "scores": [round(s, 5) for s in top.values[row].tolist()]}
         recent = [ranker.item_ids[i - 1] for i in histories[row]]
         if ranker.relations is not None:
-            result["reasons"] = [ranker.relations.reason(item, recent) for item in items]
+            result["reasons"] = ranker.relations.reasons(items, recent)
         if ranker.intents is not None:
             result["intents"] = ranker.intents.compose(recent, top=INTENTS_PER_USER).intents
         results.append(result)
