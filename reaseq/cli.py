@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.ranker_pass import add_arguments as add_ranker_pass_arguments
 
     add_ranker_pass_arguments(ranker_pass)
+    claims = bench_cmds.add_parser("claims", help="the knowledge LLM's sequel and director claims checked against the "
+                                   "Freebase KG (accuracy, vetoes); JSON to bench/results/")
+    from bench.claims import add_arguments as add_claims_arguments
+
+    add_claims_arguments(claims)
 
     bench_behavior = bench_cmds.add_parser(
         "behavior", help="implicit path: ranker with vs without inferred behaviours (median of seeds, overall and "
@@ -348,6 +353,10 @@ def _bench(args: argparse.Namespace) -> int:
         return knowledge_bench(args)
     if args.bench == "behavior":
         return _bench_behavior(args)
+    if args.bench == "claims":
+        from bench.claims import main_from_args as claims
+
+        return claims(args)
     if args.bench == "ranker-pass":
         from bench.ranker_pass import main_from_args as ranker_pass
 
