@@ -71,10 +71,12 @@ def markdown_table(result: dict[str, Any]) -> str:
     """The results table, with the published ML-1M anchors under it for scale."""
     name = result["dataset"]["name"]
     seeds = len(result["seeds"])
+    provenance = result.get("provenance") or {}
     lines = [f"| model ({name}, test, full ranking) | " + " | ".join(COLUMNS) + " |",
              "|---|" + "---:|" * len(COLUMNS)]
     rows = [("Popularity", result["popularity"]),
-            (f"SASRec-CE{' + inferred behaviours' if (result.get('provenance') or {}).get('behavior_version') else ''}"
+            (f"SASRec-CE{' + knowledge' if provenance.get('embeddings_version') else ''}"
+             f"{' + inferred behaviours' if provenance.get('behavior_version') else ''}"
              f" (ours, median of {seeds} seed{'s' * (seeds > 1)})", result["ranker_median"])]
     for label, metrics in rows:
         lines.append(f"| {label} | " + " | ".join(f"{metrics[c]:.4f}" for c in COLUMNS) + " |")
