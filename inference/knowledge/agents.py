@@ -61,16 +61,19 @@ class Prompts:
     tagline: str
     verify: str
     questions: dict[str, str]
-    judge: str = ""  # one raw completion answering all closed fields (v2+), empty in v1
-    prefills: dict[str, str] = field(default_factory=dict)  # field → pre-filled answer start (v2+)
+    judge: str  # one raw completion answering all closed fields
+    prefills: dict[str, str] = field(default_factory=dict)  # field → pre-filled answer start
 
     @classmethod
-    def load(cls, name: str = "v1") -> Prompts:
+    def load(cls, name: str = "v2") -> Prompts:
         folder = PROMPTS_DIR / name
+        if not (folder / "judge.txt").is_file():
+            raise FileNotFoundError(f"prompt set {folder} has no judge.txt (versions: "
+                                    f"{', '.join(sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_dir()))})")
         texts = {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
         digest = hashlib.sha256("".join(k + v for k, v in texts.items()).encode()).hexdigest()[:8]
         return cls(f"{name}-{digest}", texts["system.txt"].strip(), texts["choose.txt"], texts["tagline.txt"],
-                   texts["verify.txt"], yaml.safe_load(texts["questions.yaml"]), texts.get("judge.txt", ""),
+                   texts["verify.txt"], yaml.safe_load(texts["questions.yaml"]), texts["judge.txt"],
                    yaml.safe_load(texts.get("judge.yaml", "")) or {})
 
 
@@ -220,9 +223,7 @@ class Agents:
         return sorted(((o, s / total) for o, s in scores.items()), key=lambda kv: (-kv[1], options.index(kv[0])))
 
     def first_rankings(self, evidence: Evidence, result: ItemResult) -> dict[str, list[tuple[str, float]]]:
-        """Round-one rankings of every closed field: one conversation (v2+) or one chat per field (v1)."""
-        if not self.prompts.judge:
-            return {name: self.rank_options(evidence, name, opts, {}, result) for name, (opts, _) in FIELDS.items()}
+        """Round-one rankings of every closed field from one pre-filled completion."""
         words = self.judge_words(evidence.text(), result)
         return {name: self.calibrated_ranking(name, words[name], result) for name in FIELDS}
 
