@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ranking.evaluate import evaluate
+from ranking.fit import Batch, Validation, autocast_for, fit
 from ranking.model import RankerConfig, SequentialRanker, left_pad
 from ranking.splits import SequenceData
 
@@ -96,13 +94,6 @@ def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarr
     return score
 
 
-def autocast_for(device: str):
-    """bf16 autocast on CUDA, nothing on the CPU."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarray] | None = None,
                  side_embeddings: torch.Tensor | None = None, users: Sequence[int] | None = None,
                  cold_items: Sequence[int] | None = None,
@@ -132,47 +123,26 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
     if not windows:
         raise ValueError("no training windows: every user needs at least 2 training items")
     generator = np.random.default_rng(cfg.seed)
-    best_score, best_state, best_epoch, best_valid = -1.0, None, 0, {}
-    history: list[dict[str, float]] = []
-    started = time.monotonic()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train ranker (seed {cfg.seed})", disable=not progress,
-               unit="epoch", dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
+
+    def batches() -> Iterable[Batch]:
         order = generator.permutation(len(windows))
-        total, count = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             batch = left_pad([windows[i] for i in idx], model_cfg.max_len + 1).to(device)
-            inputs, targets = batch[:, :-1], batch[:, 1:]
             extra_batch = None
             if extra is not None and model_cfg.extra_len:
                 extra_batch = left_pad([extra.get(owners[i], []) for i in idx], model_cfg.extra_len).to(device)
-            with autocast_for(device):
-                loss = model.loss(inputs, targets, extra_batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        row = {"epoch": epoch, "loss": total / count}
-        if epoch % cfg.eval_every == 0:
-            valid = evaluate(data, model_scorer(model, device, extra if valid_extra is None else valid_extra),
-                             "valid", users)
-            row.update({"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]})
-            if valid["NDCG@10"] > best_score:
-                best_score, best_epoch, best_valid = valid["NDCG@10"], epoch, valid
-                best_state = copy.deepcopy(model.state_dict())
-        history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", ndcg10=f"{row.get('valid_NDCG@10', float('nan')):.4f}",
-                        best=f"{best_score:.4f}@{best_epoch}")
-        if epoch - best_epoch >= cfg.patience:
-            break
-        if cfg.max_seconds and time.monotonic() - started > cfg.max_seconds:
-            log.info("stopping at the time budget (%.0f s)", cfg.max_seconds)
-            break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model, model_cfg, best_epoch, best_valid, history, time.monotonic() - started, device)
+            yield len(idx), lambda batch=batch, extra_batch=extra_batch: model.loss(batch[:, :-1], batch[:, 1:],
+                                                                                    extra_batch)
+
+    def validate() -> Validation:
+        valid = evaluate(data, model_scorer(model, device, extra if valid_extra is None else valid_extra),
+                         "valid", users)
+        return Validation(valid["NDCG@10"], {"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]},
+                          valid)
+
+    fitted = fit(model, optimizer, batches, validate, epochs=cfg.epochs, patience=cfg.patience, device=device,
+                 desc=f"train ranker (seed {cfg.seed})", eval_every=cfg.eval_every, max_seconds=cfg.max_seconds,
+                 progress=progress)
+    best_valid = fitted.best.details if fitted.best else {}
+    return TrainResult(model, model_cfg, fitted.best_epoch, best_valid, fitted.history, fitted.seconds, device)

@@ -18,7 +18,7 @@ import torch
 from inference.behavior.model import DiffusionBehaviorModel
 from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
 from ranking.artifacts import load_artifact, resolve_artifact
-from ranking.train import autocast_for
+from ranking.fit import autocast_for
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,8 @@ genuine predictions of items the diffusion model never saw for that user, as it 
 
 from __future__ import annotations
 
-import copy
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel, diffusion_loss
 from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
 from ranking.artifacts import Artifact, save_artifact
+from ranking.fit import Batch, Validation, autocast_for, fit
 from ranking.splits import SequenceData
-from ranking.train import autocast_for, pick_device, seed_everything
+from ranking.train import pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -165,40 +163,22 @@ def train_behavior(data: SequenceData, cfg: BehaviorTrainConfig, knowledge: torc
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
     check_users = users[: min(len(users), 400)]
-    best, best_state, best_epoch = -1.0, None, 0
-    history: list[dict[str, float]] = []
-    started = time.monotonic()
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train behaviour (seed {cfg.seed})", disable=not progress,
-               unit="epoch", dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
+
+    def batches() -> Iterable[Batch]:
         hist, tgt = random_cuts(seqs, cfg.cuts_per_user, model_cfg.max_history, model_cfg.slots, rng)
         order = torch.as_tensor(rng.permutation(len(hist)))
-        total, count = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            with autocast_for(device):
-                loss = diffusion_loss(model, hist[idx].to(device), tgt[idx].to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
+            yield len(idx), lambda idx=idx: diffusion_loss(model, hist[idx].to(device), tgt[idx].to(device), generator)
+
+    def validate() -> Validation:
         recall = holdout_recall(model, data, check_users, cfg.holdout, sampling, device)
-        history.append({"epoch": epoch, "loss": total / count, "holdout_recall": recall})
-        if recall > best:
-            best, best_epoch, best_state = recall, epoch, copy.deepcopy(model.state_dict())
-        bar.set_postfix(loss=f"{total / count:.3f}", recall=f"{recall:.4f}", best=f"{best:.4f}@{best_epoch}")
-        if epoch - best_epoch >= cfg.patience:
-            break
-        if cfg.max_seconds and time.monotonic() - started > cfg.max_seconds:
-            log.info("stopping at the time budget (%.0f s)", cfg.max_seconds)
-            break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return BehaviorResult(model, model_cfg, best_epoch, best, history, time.monotonic() - started, device)
+        return Validation(recall, {"holdout_recall": recall})
+
+    fitted = fit(model, optimizer, batches, validate, epochs=cfg.epochs, patience=cfg.patience, device=device,
+                 desc=f"train behaviour (seed {cfg.seed})", max_seconds=cfg.max_seconds, progress=progress)
+    best = fitted.best.score if fitted.best else -1.0
+    return BehaviorResult(model, model_cfg, fitted.best_epoch, best, fitted.history, fitted.seconds, device)
 
 
 def save_behavior(result: BehaviorResult, cfg: BehaviorTrainConfig, dataset: dict[str, Any],
