@@ -4,7 +4,9 @@ Every arm trains with the same fixed epoch budget (early stopping on validation 
 a wall-clock limit) on each seed. Test ranks are kept per user, so each arm's difference to the first arm
 gets a paired bootstrap 95% confidence interval (users resampled; each user's difference averaged over
 the seeds first), overall and on slices: sparse users (≤ 20 training items) and tail items (targets in
-the less popular half of the catalogue by training interactions). Runs are saved one file each as they
+the less popular half of the catalogue by training interactions) and, with `--cold-fraction`, cold items
+(a fixed random share of the catalogue removed from every training sequence; arms with knowledge see
+them through their side vectors alone). Popularity is scored on the same slices. Runs are saved one file each as they
 finish, so an interrupted comparison resumes where it stopped; `--jobs` trains several runs at once (on
 a GPU they share the device).
 """
@@ -73,8 +75,8 @@ def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTR
             "relative_ci_pct": [relative(low), relative(high)], "users": int(diff.size)}
 
 
-def slices(data: SequenceData) -> dict[str, np.ndarray]:
-    """Boolean masks over users: all, sparse users, users whose test target is a tail item."""
+def slices(data: SequenceData, cold: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Boolean masks over users: all, sparse users, users whose test target is a tail item (or a cold one)."""
     counts = np.zeros(data.num_items + 1)
     for user in range(len(data.sequences)):
         np.add.at(counts, data.train(user), 1)
@@ -82,17 +84,24 @@ def slices(data: SequenceData) -> dict[str, np.ndarray]:
     tail = np.zeros(data.num_items + 1, dtype=bool)
     tail[order[: data.num_items // 2]] = True
     users = range(len(data.sequences))
-    return {"all": np.ones(len(data.sequences), dtype=bool),
-            "sparse_users": np.array([len(data.train(u)) <= SPARSE_TRAIN_ITEMS for u in users]),
-            "tail_items": np.array([tail[data.test_target(u)] for u in users])}
+    masks = {"all": np.ones(len(data.sequences), dtype=bool),
+             "sparse_users": np.array([len(data.train(u)) <= SPARSE_TRAIN_ITEMS for u in users]),
+             "tail_items": np.array([tail[data.test_target(u)] for u in users])}
+    if cold is not None and cold.size:
+        is_cold = np.zeros(data.num_items + 1, dtype=bool)
+        is_cold[cold] = True
+        masks["tail_items"] &= ~np.array([is_cold[data.test_target(u)] for u in users])
+        masks["cold_items"] = np.array([is_cold[data.test_target(u)] for u in users])
+    return masks
 
 
 def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
     return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
 
 
-def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, device: str | None) -> dict[str, Any]:
-    """Train one arm on one seed; test metrics and the per-user test ranks."""
+def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, device: str | None,
+              cold: np.ndarray | None = None) -> dict[str, Any]:
+    """Train one arm on one seed (cold items, if any, never seen in training); test metrics and per-user ranks."""
     from ranking.config import load_train_config
     from ranking.evaluate import rank_users
     from ranking.metrics import metrics_from_ranks
@@ -106,7 +115,8 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
         from inference.knowledge.embeddings import knowledge_training_inputs
 
         side = knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge)["side_embeddings"]
-    result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side)
+    result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side,
+                          cold_items=None if cold is None or not cold.size else cold.tolist())
     ranks = rank_users(data, model_scorer(result.model, result.device), "test")
     return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
@@ -115,22 +125,30 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
             "ranks": ranks.astype(int).tolist()}
 
 
-def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int]) -> str:
+def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float]) -> str:
     import os
 
     import torch
 
-    sequences, dataset, arm, seed, epochs, device, out, parallel = job
+    sequences, dataset, arm, seed, epochs, device, out, parallel, cold_fraction = job
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))  # parallel runs share the cores
-    data = _load(sequences, dataset)
+    data, cold = _split(_load(sequences, dataset), cold_fraction)
     path = run_file(Path(out), arm, seed)
-    run = train_run(data, arm, seed, epochs, device)
+    run = train_run(data, arm, seed, epochs, device, cold)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(run))
     tmp.replace(path)
     return f"{arm.name} seed {seed}: test NDCG@10 {run['test']['NDCG@10']:.4f} (best epoch {run['best_epoch']}, " \
            f"{run['train_seconds']:.0f} s on {run['device']})"
+
+
+def _split(data: SequenceData, cold_fraction: float) -> tuple[SequenceData, np.ndarray | None]:
+    if not cold_fraction:
+        return data, None
+    from ranking.splits import cold_split
+
+    return cold_split(data, cold_fraction)
 
 
 def _load(sequences: str | None, dataset: str) -> SequenceData:
@@ -143,10 +161,15 @@ def _load(sequences: str | None, dataset: str) -> SequenceData:
     return load_sequences(dataset)
 
 
-def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out_dir: Path) -> dict[str, Any]:
-    """Medians per arm and paired bootstrap CIs of NDCG@10 against the first arm, per slice."""
+def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out_dir: Path,
+              cold: np.ndarray | None = None) -> dict[str, Any]:
+    """Medians per arm and paired bootstrap CIs of NDCG@10 against the first arm, per slice; popularity too."""
+    from ranking.baselines import popularity_scorer
+    from ranking.evaluate import rank_users
+
     runs = {(arm.name, seed): json.loads(run_file(out_dir, arm, seed).read_text()) for arm in arms for seed in seeds}
-    masks = slices(data)
+    masks = slices(data, cold)
+    popularity = ndcg_at_10(rank_users(data, popularity_scorer(data, "test"), "test"))
     per_user = {arm.name: np.mean([ndcg_at_10(runs[arm.name, s]["ranks"]) for s in seeds], axis=0) for arm in arms}
     table: dict[str, Any] = {}
     for arm in arms:
@@ -165,6 +188,8 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
         table[arm.name] = row
     return {"dataset": data.dataset, "fingerprint": data.fingerprint, "users": len(data.sequences),
             "seeds": list(seeds), "slice_users": {n: int(m.sum()) for n, m in masks.items()},
+            "cold_items": 0 if cold is None else int(cold.size),
+            "popularity_ndcg10": {name: float(popularity[mask].mean()) for name, mask in masks.items()},
             "device": runs[arms[0].name, seeds[0]]["device"], "arms": table}
 
 
@@ -173,14 +198,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
     arms = list(summary["arms"])
     base = arms[0]
     seeds = len(summary["seeds"])
+    parts = list(summary["slice_users"])
     lines = [f"| arm ({summary['dataset']}, median of {seeds} seeds) | " + " | ".join(COLUMNS)
-             + f" | ΔNDCG@10 vs {base}, all users [95% CI] | sparse users | tail items |",
-             "|---|" + "---:|" * (len(COLUMNS) + 3)]
+             + f" | ΔNDCG@10 vs {base}, all users [95% CI] | "
+             + " | ".join(p.replace("_", " ") for p in parts[1:]) + " |",
+             "|---|" + "---:|" * (len(COLUMNS) + len(parts))]
     for name in arms:
         row = summary["arms"][name]
         cells = [f"{row['median'][c]:.4f}" for c in COLUMNS]
         versus = row.get("vs_" + base)
-        for part in ("all", "sparse_users", "tail_items"):
+        for part in parts:
             if versus is None or versus[part]["relative_pct"] is None:
                 cells.append("–")
             else:
@@ -188,21 +215,25 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 cells.append(f"{versus[part]['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = summary["slice_users"]
-    lines.append(f"\n({summary['users']} users; sparse users {users['sparse_users']}, tail-item targets "
-                 f"{users['tail_items']}; device {summary['device']})")
+    popularity = summary.get("popularity_ndcg10", {})
+    lines.append(f"\n({summary['users']} users; " + ", ".join(f"{p.replace('_', ' ')} {users[p]}" for p in parts[1:])
+                 + "; popularity NDCG@10 " + ", ".join(f"{p.replace('_', ' ')} {v:.4f}" for p, v in popularity.items())
+                 + f"; device {summary['device']})")
     return "\n".join(lines)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    data = _load(args.sequences, args.dataset)
+    data, cold = _split(_load(args.sequences, args.dataset), args.cold_fraction)
     arms: list[Arm] = args.arm
     if len({a.name for a in arms}) != len(arms) or len(arms) < 2:
         raise SystemExit("give at least two --arm NAME=CONFIG.yaml with distinct names")
-    out_dir = Path(args.work_dir or f"bench/results/compare/{data.dataset}-{'-vs-'.join(a.name for a in arms)}")
+    tag = f"{data.dataset}-{'-vs-'.join(a.name for a in arms)}" + (f"-cold{args.cold_fraction:g}" if cold is not None
+                                                                    else "")
+    out_dir = Path(args.work_dir or f"bench/results/compare/{tag}")
     todo = [(arm, seed) for seed in args.seeds for arm in arms if not run_file(out_dir, arm, seed).is_file()]
     parallel = max(1, min(args.jobs, len(todo)))
-    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel)
-            for arm, seed in todo]
+    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,
+             args.cold_fraction) for arm, seed in todo]
     started = time.time()
     print(f"{len(jobs)} run(s) to train ({len(arms) * len(args.seeds) - len(jobs)} already done) in {out_dir}",
           flush=True)
@@ -213,8 +244,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     else:
         for job in jobs:
             print(f"[{time.time() - started:6.0f} s] {_worker(job)}", flush=True)
-    summary = summarise(data, arms, args.seeds, out_dir)
-    name = args.name or f"compare-{data.dataset}-{'-vs-'.join(a.name for a in arms)}.json"
+    summary = summarise(data, arms, args.seeds, out_dir, cold)
+    name = args.name or f"compare-{tag}.json"
     path = write_result(summary, name, args.out, getattr(args, "command", None))
     print(markdown_table(summary) + f"\nJSON: {path}")
     return 0
@@ -228,6 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NAME=CONFIG.yaml; the first arm is the baseline (repeat, at least two)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=None, help="override every arm's train.epochs")
+    parser.add_argument("--cold-fraction", type=float, default=0.0, help="hold this share of items out of "
+                        "training (the same for every arm and seed) and report them as a slice")
     parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--work-dir", default=None, help="where finished runs are kept (resumable)")

@@ -26,7 +26,7 @@ import torch
 
 from bench.results import write_result as write_json
 from ranking.evaluate import evaluate
-from ranking.splits import SequenceData
+from ranking.splits import SequenceData, cold_split
 from ranking.train import TrainConfig, model_scorer, train_ranker
 
 GROUP_KEYS = ("HR@10", "NDCG@10")
@@ -47,16 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="time budget per training run")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", default="bench/results")
-
-
-def cold_split(data: SequenceData, fraction: float, seed: int = 0) -> tuple[SequenceData, np.ndarray]:
-    """Hold a fixed random `fraction` of items out of training: removed from every training part."""
-    rng = np.random.default_rng(seed)
-    cold = np.sort(rng.choice(np.arange(1, data.num_items + 1), size=int(fraction * data.num_items), replace=False))
-    is_cold = np.zeros(data.num_items + 1, dtype=bool)
-    is_cold[cold] = True
-    sequences = [np.concatenate([s[:-2][~is_cold[s[:-2]]], s[-2:]]) for s in data.sequences]
-    return replace(data, sequences=sequences), cold
 
 
 def user_groups(data: SequenceData, cold: np.ndarray) -> dict[str, list[int]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +83,18 @@ def build_sequences(dataset: Dataset, use_cache: bool = True) -> SequenceData:
     if use_cache:
         _save_cached(path, data)
     return data
+
+
+def cold_split(data: SequenceData, fraction: float, seed: int = 0) -> tuple[SequenceData, np.ndarray]:
+    """Hold a fixed random `fraction` of items out of training: removed from every user's training part
+    (validation and test targets stay), so they are cold items, never seen in training. Returns the data
+    and the cold item indices."""
+    rng = np.random.default_rng(seed)
+    cold = np.sort(rng.choice(np.arange(1, data.num_items + 1), size=int(fraction * data.num_items), replace=False))
+    is_cold = np.zeros(data.num_items + 1, dtype=bool)
+    is_cold[cold] = True
+    sequences = [np.concatenate([s[:-2][~is_cold[s[:-2]]], s[-2:]]) for s in data.sequences]
+    return replace(data, sequences=sequences), cold
 
 
 def save_sequences(data: SequenceData, path: Path) -> Path:

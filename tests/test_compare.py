@@ -80,3 +80,19 @@ def test_a_tiny_comparison_trains_resumes_and_writes_its_table(tmp_path, capsys)
     assert result["git_commit"] and result["machine"]
     assert main_from_args(parser.parse_args(argv)) == 0  # every run on file: nothing trains again
     assert "0 run(s) to train (4 already done)" in capsys.readouterr().out
+
+
+def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path):
+    sequences = save_sequences(_data(users=60), tmp_path / "synthetic.npz")
+    (tmp_path / "a.yaml").write_text("model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\n"
+                                     "train:\n  epochs: 1\n  batch_size: 16\n  patience: 1\n  device: cpu\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--sequences", str(sequences), "--arm", f"a={tmp_path / 'a.yaml'}",
+                              "--arm", f"b={tmp_path / 'a.yaml'}", "--seeds", "1", "--cold-fraction", "0.3",
+                              "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert main_from_args(args) == 0
+    result = json.loads((tmp_path / "out" / "compare-synthetic-a-vs-b-cold0.3.json").read_text())
+    assert result["cold_items"] == 9 and result["slice_users"]["cold_items"] > 0
+    assert set(result["popularity_ndcg10"]) == {"all", "sparse_users", "tail_items", "cold_items"}
+    assert "cold_items" in result["arms"]["b"]["vs_a"]
