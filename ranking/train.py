@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -14,8 +13,6 @@ from ranking.evaluate import evaluate
 from ranking.fit import Batch, Validation, autocast_for, fit
 from ranking.model import RankerConfig, SequentialRanker, left_pad
 from ranking.splits import SequenceData
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -8,7 +8,6 @@ genuine predictions of items the diffusion model never saw for that user, as it 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,7 +24,6 @@ from ranking.fit import Batch, Validation, autocast_for, fit
 from ranking.splits import SequenceData
 from ranking.train import pick_device, seed_everything
 
-log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
