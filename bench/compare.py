@@ -208,8 +208,11 @@ def markdown_table(summary: dict[str, Any]) -> str:
         cells = [f"{row['median'][c]:.4f}" for c in COLUMNS]
         versus = row.get("vs_" + base)
         for part in parts:
-            if versus is None or versus[part]["relative_pct"] is None:
+            if versus is None:
                 cells.append("–")
+            elif versus[part]["relative_pct"] is None:  # the base scores 0 there: say the absolute difference
+                b = versus[part]
+                cells.append(f"{b['diff']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] abs.")
             else:
                 low, high = versus[part]["relative_ci_pct"]
                 cells.append(f"{versus[part]['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
@@ -246,7 +249,7 @@ def main_from_args(args: argparse.Namespace) -> int:
             print(f"[{time.time() - started:6.0f} s] {_worker(job)}", flush=True)
     summary = summarise(data, arms, args.seeds, out_dir, cold)
     name = args.name or f"compare-{tag}.json"
-    path = write_result(summary, name, args.out, getattr(args, "command", None))
+    path = write_result(summary, name, args.out, getattr(args, "command_line", None))
     print(markdown_table(summary) + f"\nJSON: {path}")
     return 0
 
@@ -275,5 +278,5 @@ if __name__ == "__main__":  # `python -m bench.compare …`: the same, without t
     import sys
 
     _args = _parser.parse_args()
-    _args.command = "python -m bench.compare " + shlex.join(sys.argv[1:])
+    _args.command_line = "python -m bench.compare " + shlex.join(sys.argv[1:])
     raise SystemExit(main_from_args(_args))
