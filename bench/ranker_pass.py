@@ -18,18 +18,10 @@ from bench.results import write_result
 STATE_ITEMS = 50  # what the stream's user state keeps
 
 
-def _timed(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def measure(artifact: str, users: int, batch: int, repeats: int) -> dict[str, Any]:
     import torch
 
+    from bench.behavior import timed
     from inference.serve.scoring import LoadedRanker, score_users
     from ranking.artifacts import load_artifact, resolve_artifact
     from ranking.data import load_dataset
@@ -46,21 +38,21 @@ def measure(artifact: str, users: int, batch: int, repeats: int) -> dict[str, An
     batches = lambda histories: [request(histories)[k:k + batch] for k in range(0, len(chosen), batch)]  # noqa: E731
     results: dict[str, float] = {}
     with torch.no_grad():
-        results["full_pass"] = _timed(lambda: [score_users(full, b) for b in batches(later)], repeats)
+        results["full_pass"] = statistics.median(timed(lambda: [score_users(full, b) for b in batches(later)],
+                                                       repeats))
 
-        def one_event_later() -> None:  # refill the cache with the earlier states, then time the next event
+        steps = []
+        for _ in range(repeats):  # refill the cache with the earlier states, then time the next event
             cached.cache.entries.clear()
             for b in batches(states):
                 score_users(cached, b)
             started = time.perf_counter()
             for b in batches(later):
                 score_users(cached, b)
-            results.setdefault("_steps", []).append(time.perf_counter() - started)
-
-        for _ in range(repeats):
-            one_event_later()
-        results["incremental"] = statistics.median(results.pop("_steps"))
-        results["unchanged"] = _timed(lambda: [score_users(cached, b) for b in batches(later)], repeats)
+            steps.append(time.perf_counter() - started)
+        results["incremental"] = statistics.median(steps)
+        results["unchanged"] = statistics.median(timed(lambda: [score_users(cached, b) for b in batches(later)],
+                                                       repeats))
     per_user = {name: round(1e6 * seconds / len(chosen), 1) for name, seconds in results.items()}
     return {"artifact": full.version, "users": len(chosen), "batch": batch, "repeats": repeats,
             "history_items": STATE_ITEMS, "threads": torch.get_num_threads(), "us_per_user": per_user,

@@ -74,10 +74,10 @@ def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 class Block(nn.Module):
     """Pre-norm transformer block: masked self-attention then a GELU MLP."""
 
-    def __init__(self, cfg: RankerConfig) -> None:
+    def __init__(self, cfg: RankerConfig, rotary: bool = False) -> None:
         super().__init__()
         self.heads = cfg.heads
-        self.rotary = getattr(cfg, "positions", "learned") == "rotary"  # the behaviour model shares the block
+        self.rotary = rotary
         self.norm1 = nn.LayerNorm(cfg.dim)
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
@@ -158,7 +158,7 @@ class SequentialRanker(nn.Module):
         # items absent at training time: never candidates in the training softmax; with side embeddings
         # they are represented by their side vector alone (saved with the weights only then)
         self.register_buffer("cold", cold, persistent=bool(cfg.side_dim))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, cfg.positions == "rotary") for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         if cfg.side_dim:
             if side_embeddings is None or side_embeddings.shape != (cfg.num_items + 1, cfg.side_dim):

@@ -109,15 +109,20 @@ def load_sequences_file(path: str | Path) -> SequenceData:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; write one with `reaseq data export --dataset NAME --out {path}`")
+    meta, sequences = _read_sequences(path)
+    if "dataset" not in meta:
+        raise ValueError(f"{path} names no dataset; export it again with `reaseq data export`")
+    return SequenceData(meta["dataset"], meta["fingerprint"], meta["item_ids"], meta["user_ids"], sequences)
+
+
+def _read_sequences(path: Path) -> tuple[dict, list[np.ndarray]]:
+    """The metadata and sequences of a sequences file; ValueError if it fails its checksum."""
     with np.load(path) as archive:
         flat, lengths = archive["flat"], archive["lengths"]
         meta = json.loads(str(archive["meta"]))
     if _checksum(meta["item_ids"], meta["user_ids"], flat, lengths) != meta["checksum"]:
-        raise ValueError(f"{path} fails its checksum; export it again")
-    if "dataset" not in meta:
-        raise ValueError(f"{path} names no dataset; export it again with `reaseq data export`")
-    sequences = np.split(flat, np.cumsum(lengths)[:-1])
-    return SequenceData(meta["dataset"], meta["fingerprint"], meta["item_ids"], meta["user_ids"], sequences)
+        raise ValueError(f"{path} fails its checksum")
+    return meta, np.split(flat, np.cumsum(lengths)[:-1])
 
 
 def _checksum(item_ids: list[str], users: list[str], flat: np.ndarray, lengths: np.ndarray) -> str:
@@ -142,16 +147,10 @@ def _save_cached(path: Path, data: SequenceData) -> None:
 
 def _load_cached(path: Path, dataset: Dataset) -> SequenceData | None:
     try:
-        with np.load(path) as archive:
-            flat, lengths = archive["flat"], archive["lengths"]
-            meta = json.loads(str(archive["meta"]))
-    except Exception as error:  # a truncated or foreign file: rebuild, and say so
+        meta, sequences = _read_sequences(path)
+    except Exception as error:  # a truncated, foreign or corrupted file: rebuild, and say so
         log.warning("processed split %s unreadable (%s); rebuilding it", path, error)
         return None
-    if _checksum(meta["item_ids"], meta["user_ids"], flat, lengths) != meta["checksum"]:
-        log.warning("processed split %s fails its checksum; rebuilding it", path)
-        return None
-    sequences = np.split(flat, np.cumsum(lengths)[:-1])
     return SequenceData(dataset.name, dataset.fingerprint, meta["item_ids"], meta["user_ids"], sequences)
 
 

@@ -138,13 +138,9 @@ def behavior_step(args: argparse.Namespace, data, titles: dict[str, str], step: 
 def sample_recommendations(artifact, model, data, titles: dict[str, str], inferred: dict | None = None,
                            users: int = 3, k: int = 5) -> str:
     """A few test users' recommendations through the Serve scoring code, with their grounded reasons."""
-    from inference.knowledge.relations import RelationIndex
     from inference.serve.scoring import LoadedRanker, score_users
 
-    relations_file = artifact.path / "relations.json"
-    relations = RelationIndex.load(relations_file) if relations_file.is_file() else None
-    ranker = LoadedRanker(model, data.item_ids, data.item_index(), artifact.version,
-                          str(next(model.parameters()).device), relations=relations)
+    ranker = LoadedRanker.of(artifact, model, data.item_ids)
     histories = [data.sequences[user][:-1] for user in range(users)]
     name = lambda i: titles[data.item_ids[i - 1]]  # noqa: E731
     ids = lambda items: [data.item_ids[i - 1] for i in items]  # noqa: E731

@@ -142,9 +142,7 @@ def run_pipeline(opts: PipelineOptions, out=sys.stdout) -> dict[str, Any]:
         p50, p99 = stats.latency_percentiles()
         summary = {"events": len(events), "sent": sent[0], "states": stats.states, "scores": stats.scores,
                    "dead_letters": stats.dead_letters, "p50_ms": p50, "p99_ms": p99,
-                   "model_version": served.model_version,
-                   "explained": sum(any(s.get("reasons") or []) for s in monitor.latest_scores.values()),
-                   "seconds": round(time.monotonic() - started, 1),
+                   "model_version": served.model_version, "seconds": round(time.monotonic() - started, 1),
                    "refreshes": stats.refreshes, "staleness_p99_events": stats.staleness_p99(),
                    "replay_error": repr(replay_errors[0]) if replay_errors else None}
         print(f"\n{stats.scores:,} of {len(events):,} events scored, {stats.states:,} states, "

@@ -59,13 +59,10 @@ class DiffusionBlock(Block):
     def forward(self, x: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
                 past: LayerCache | None = None) -> tuple[torch.Tensor, LayerCache]:
         """x (B, T, d); mask (B, T, P+T) over [past keys, own keys]. Returns x and this call's own (k, v)."""
-        batch, length, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).split(dim, dim=2)
-        q, k, v = (t.view(batch, length, self.heads, dim // self.heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.heads_of(x)
         keys, values = (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)) if past is not None else (k, v)
         attended = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
-        x = x + self.dropout(self.proj(attended.transpose(1, 2).reshape(batch, length, dim)))
-        return x + self.dropout(self.mlp(self.norm2(x))), (k, v)
+        return self.finish(x, attended), (k, v)
 
 
 class DiffusionBehaviorModel(nn.Module):

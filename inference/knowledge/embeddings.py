@@ -75,15 +75,16 @@ def save_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str],
 
 
 def load_item_embeddings(dataset: str, item_ids: Sequence[str], root: Path | None = None,
-                         version: str | None = None) -> tuple[np.ndarray, str]:
+                         version: str | None = None, matrix_file: str = "embeddings.npy") -> tuple[np.ndarray, str]:
     """Knowledge vectors for `item_ids`, row i ↔ item_ids[i] (float32, L2-normalised), and the version.
 
     Reads `<root>/knowledge-embeddings/<dataset>/<version or LATEST>`; root defaults to the artifacts
-    directory. An item the artifact does not cover raises KeyError naming it.
+    directory; `matrix_file` picks the per-item matrix (the text vectors, or the KG's `kg_vectors.npy`).
+    An item the artifact does not cover raises KeyError naming it.
     """
     path = resolve_version(EMBEDDINGS, dataset, version, root)
     stored_ids = json.loads((path / "item_ids.json").read_text())
-    matrix = np.load(path / "embeddings.npy")
+    matrix = np.load(path / matrix_file)
     row_of = {item: row for row, item in enumerate(stored_ids)}
     missing = [str(item) for item in item_ids if str(item) not in row_of]
     if missing:
@@ -159,9 +160,7 @@ def ranker_knowledge(dataset: str, item_ids: Sequence[str], version: str | None 
     if not (folder / KG_VECTORS).is_file():
         raise FileNotFoundError(f"{folder} has no {KG_VECTORS}; rebuild it with `reaseq knowledge embed --dataset "
                                 f"{dataset}`")
-    stored_ids = json.loads((folder / "item_ids.json").read_text())
-    row_of = {item: row for row, item in enumerate(stored_ids)}
-    kg = np.load(folder / KG_VECTORS)[[row_of[str(i)] for i in item_ids]]
+    kg, _ = load_item_embeddings(dataset, item_ids, root, resolved, KG_VECTORS)
     meta = json.loads((folder / "meta.json").read_text())
     files = {name: folder / name for name in (RELATIONS, *INTENT_FILES) if (folder / name).is_file()}
     return RankerKnowledge(ranker_side_table(np.hstack([text, kg]).astype(np.float32)), resolved,

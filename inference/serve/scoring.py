@@ -49,7 +49,12 @@ class LoadedRanker:
         dataset = load_dataset(artifact.dataset["name"])
         if dataset.fingerprint != artifact.dataset["fingerprint"]:
             raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
-        item_ids = list(dataset.items.item_id)
+        return LoadedRanker.of(artifact, model, list(dataset.items.item_id), state_cache_users)
+
+    @staticmethod
+    def of(artifact: Artifact, model: SequentialRanker, item_ids: list[str],
+           state_cache_users: int = 0) -> LoadedRanker:
+        """A loaded model with what its artifact carries for serving (reason and intent indexes)."""
         cache = RankerStateCache(model, state_cache_users) if model.cfg.incremental and state_cache_users else None
         relations = RelationIndex.load(artifact.path / "relations.json") \
             if (artifact.path / "relations.json").is_file() else None
@@ -97,10 +102,11 @@ def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: in
         items = [ranker.item_ids[i - 1] for i in top.indices[row].tolist()]
         result = {"user_id": user.get("user_id"), "items": items,
                   "scores": [round(s, 5) for s in top.values[row].tolist()]}
-        recent = [ranker.item_ids[i - 1] for i in histories[row]]
-        if ranker.relations is not None:
-            result["reasons"] = ranker.relations.reasons(items, recent)
-        if ranker.intents is not None:
-            result["intents"] = ranker.intents.compose(recent, top=INTENTS_PER_USER).intents
+        if ranker.relations is not None or ranker.intents is not None:
+            recent = [ranker.item_ids[i - 1] for i in histories[row]]
+            if ranker.relations is not None:
+                result["reasons"] = ranker.relations.reasons(items, recent)
+            if ranker.intents is not None:
+                result["intents"] = ranker.intents.compose(recent, top=INTENTS_PER_USER).intents
         results.append(result)
     return results
