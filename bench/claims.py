@@ -13,38 +13,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import re
 import time
 from typing import Any
 
 from bench.results import write_result
-
-ARTICLES = ("the", "a", "an", "les", "la", "le", "il", "das", "der", "die")
-
-
-def normalise_title(title: str) -> str:
-    """'Empire Strikes Back, The (1980)' → 'empire strikes back'; punctuation and leading articles dropped."""
-    title = re.sub(r"\(.*?\)", " ", title.lower())
-    title = re.sub(rf",\s*({'|'.join(ARTICLES)})\s*$", "", title.strip())
-    words = re.findall(r"[a-z0-9]+", title)
-    while words and words[0] in ARTICLES:
-        words = words[1:]
-    return " ".join(words)
-
-
-def names_title(answer: str, title: str) -> bool:
-    """Does a free-text answer name the film (its normalised title inside the normalised answer)?"""
-    wanted = normalise_title(title)
-    return bool(wanted) and f" {wanted} " in f" {' '.join(re.findall(r'[a-z0-9]+', answer.lower()))} "
-
-
-def normalise_name(answer: str) -> str:
-    """'Directed by Ridley Scott.' → 'ridley scott' (first line, no titles or trailing punctuation)."""
-    line = answer.strip().splitlines()[0] if answer.strip() else ""
-    line = re.sub(r"(?i)^(the film (was )?)?(directed by|director:|it was directed by)\s*", "", line)
-    line = re.split(r"[.,;(]| and ", line)[0]
-    return " ".join(re.findall(r"[a-z]+", line.lower()))
-
+from inference.knowledge.claims import DIRECTOR_QUESTION, ask, names_title, normalise_name
 
 Pairs = list[tuple[str, str]]
 
@@ -64,20 +37,16 @@ def sample_pairs(graph, item_ids: list[str], count: int, seed: int) -> tuple[Pai
 
 
 def run_claims(backend, graph, item_ids: list[str], pairs: int, seed: int, progress: bool = True) -> dict[str, Any]:
-    from inference.knowledge.backends import ChatRequest
-
-    def ask(question: str) -> str:
-        request = ChatRequest([{"role": "system", "content": "You are a film expert. Answer briefly."},
-                               {"role": "user", "content": question}], max_tokens=24)
-        return backend.chat(request).text.strip()
+    def reply(question: str) -> str:
+        return ask(backend, question, max_tokens=24).text.strip()
 
     started = time.monotonic()
     sequels = []
     for item in item_ids:
         for sequel in sorted(graph.lookup(item, "sequel")):
             if not sequel.startswith("?"):
-                answer = ask(f"What is the title of the sequel to the film {graph.titles[item]}? "
-                             "Answer with the title only.")
+                answer = reply(f"What is the title of the sequel to the film {graph.titles[item]}? "
+                               "Answer with the title only.")
                 sequels.append({"film": graph.titles[item], "kg_sequel": graph.titles[sequel], "answer": answer,
                                 "right": names_title(answer, graph.titles[sequel])})
     if progress:
@@ -85,8 +54,7 @@ def run_claims(backend, graph, item_ids: list[str], pairs: int, seed: int, progr
     same, different = sample_pairs(graph, item_ids, pairs, seed)
     directors: dict[str, str] = {}
     for item in sorted({i for pair in same + different for i in pair}):
-        directors[item] = normalise_name(ask(f"Who directed the film {graph.titles[item]}? Answer with the "
-                                             "director's name only."))
+        directors[item] = normalise_name(reply(DIRECTOR_QUESTION.format(title=graph.titles[item])))
     judged = []
     for kind, group in (("same", same), ("different", different)):
         for a, b in group:

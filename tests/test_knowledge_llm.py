@@ -10,7 +10,8 @@ import pytest
 from inference.knowledge.agents import Agents, Prompts
 from inference.knowledge.backends import OpenAIChatBackend, complete_json
 from inference.knowledge.build import BuildConfig, build_knowledge
-from inference.knowledge.evidence import extract_all
+from inference.knowledge.claims import check_director_claims, collect_director_claims, with_director
+from inference.knowledge.evidence import KnowledgeGraph, extract_all
 from inference.knowledge.llama_server import LlamaServer, ServerConfig
 from inference.knowledge.rules import CONTRADICTED, check_choice
 from inference.knowledge.schema import JUDGEMENT_JSON_SCHEMA, Judgement, KnowledgeRecord
@@ -44,6 +45,9 @@ def test_real_build_slice_then_resume_without_calls(llm, tmp_path):
         KnowledgeRecord.model_validate(record)
     provenance = json.loads((first.path / "provenance.json").read_text())
     assert provenance["model"] == llm.model and provenance["kg_link_audit"]["passed"] is True
+    claims = read_jsonl(first.path / "claims.jsonl")  # Toy Story and Alien both have a KG director
+    assert sorted(c["item_id"] for c in claims) == SLICE and all(c["answer"] for c in claims)
+    assert provenance["director_claims"]["films"] == len(SLICE)
 
     calls = backend.stats.calls
     again = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
@@ -94,3 +98,28 @@ def test_llama_cpp_is_built_portably():
 
     info = llama_cpp.llama_print_system_info().decode()
     assert "AVX2 = 1" in info and "AMX" not in info and "AVX512" not in info, info
+
+
+DIRECTED = ["185", "443", "479", "480", "82", "174", "210", "234", "13", "152", "514"]  # Hitchcock, Spielberg, Allen
+
+
+def test_real_model_director_claims_are_vetoed_by_the_kg(llm, ml100k):
+    """SmolLM2 names the directors of films by three KG directors; the KG vetoes what it contradicts."""
+    graph = KnowledgeGraph.from_frames(ml100k.items, ml100k.kg)
+    backend = OpenAIChatBackend(llm.base_url, llm.model, timeout_s=120)
+    store: dict[str, dict] = {}
+    names, answers, stats = collect_director_claims(backend, graph, DIRECTED, store.get, store.__setitem__)
+    assert stats.asked == len(DIRECTED) and stats.completion_tokens > 0
+    verdicts = check_director_claims(names, graph)
+    vetoed = [v for v in verdicts.values() if v.status == CONTRADICTED]
+    assert vetoed, answers  # SmolLM2-135M knows few directors: the KG catches the claims that cannot all hold
+    for verdict in vetoed:
+        mine = graph.lookup(verdict.item_id, "director")
+        same_name_other_director = [o for o in names if o != verdict.item_id and names[o] == verdict.name
+                                    and not graph.lookup(o, "director") & mine]
+        other_name_same_director = [o for o in graph.shared(verdict.item_id, "director")
+                                    if names.get(o) and names[o] != verdict.name]
+        assert same_name_other_director or other_name_same_director, verdict
+        assert with_director({"attributes": []}, verdict) == {"attributes": []}  # never enters a record
+    again = collect_director_claims(backend, graph, DIRECTED, store.get, store.__setitem__)
+    assert again[2].asked == 0 and again[0] == names  # answers are cached

@@ -6,8 +6,9 @@ Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key =
 prompt version, model, schema version): a killed build resumes where it stopped, a changed prompt or
 model rebuilds. Failed items are not cached, so a rerun tries them again. The artifact
 <artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
-evidence.jsonl and provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts,
-wall time, tokens/s); LATEST names the newest.
+evidence.jsonl, claims.jsonl (the model's director claims and the KG's verdicts, see claims.py) and
+provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts, wall time, tokens/s);
+LATEST names the newest.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from tqdm.auto import tqdm
 
 from inference.knowledge.agents import Agents, ItemResult, Prompts
 from inference.knowledge.backends import LLMBackend
-from inference.knowledge.evidence import Evidence, extract_all
+from inference.knowledge.claims import (
+    ClaimVerdict,
+    check_director_claims,
+    claim_counts,
+    collect_director_claims,
+    with_director,
+)
+from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
 from inference.knowledge.store import (
     KNOWLEDGE,
@@ -61,6 +69,7 @@ class BuildConfig:
     reask: bool = False
     cached_only: bool = False  # write an artifact from what the cache holds (no model calls): partial progress
     snapshot_every: int = 50  # items between progress snapshots (progress.json)
+    director_claims: bool = True  # ask who directed each KG-directed film; the KG vetoes or supports the claim
 
 
 class ResultCache:
@@ -107,7 +116,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
 
     started = time.monotonic()
     data = load_dataset(cfg.dataset, data_dir)
-    evidence, audit = extract_all(data.items, data.kg)
+    graph = KnowledgeGraph.from_frames(data.items, data.kg)
+    evidence, audit = extract_all(data.items, data.kg, graph)
     item_ids = [str(i) for i in (cfg.items or data.items.item_id)]
     if cfg.limit is not None:
         item_ids = item_ids[: cfg.limit]
@@ -145,9 +155,25 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         done = [r for r in results if r["record"]]
         bar.set_postfix(built=len(done), failed=len(results) - len(done), cached=cached)
     bar.close()
+    claims: dict[str, Any] = {}
+    if cfg.director_claims and audit.passed:
+        claims = director_claims(backend, graph, [r["item_id"] for r in results if r["record"]],
+                                 ResultCache(store.folder / "claims"), cfg.cached_only, progress)
     wall = time.monotonic() - started
     return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,
-                           root)
+                           root, claims)
+
+
+def director_claims(backend: LLMBackend, graph: KnowledgeGraph, item_ids: list[str], store: ResultCache,
+                    cached_only: bool, progress: bool) -> dict[str, Any]:
+    """The model's director claims for the built items, judged by the KG (claims.py): verdicts, answers, counts."""
+    directed = [i for i in item_ids if graph.lookup(i, "director")]
+    bar = tqdm(total=len(directed), desc="director claims", unit="film", disable=not progress, dynamic_ncols=True)
+    names, answers, stats = collect_director_claims(backend, graph, directed, store.get, store.put, cached_only,
+                                                    on_answer=lambda: bar.update())
+    bar.close()
+    verdicts = check_director_claims(names, graph)
+    return {"verdicts": verdicts, "answers": answers, "counts": claim_counts(verdicts, stats)}
 
 
 def model_rejections(result: dict[str, Any]) -> list[dict[str, str]]:
@@ -202,12 +228,16 @@ def model_report(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Prompts, backend: LLMBackend,
                     evidence: dict[str, Evidence], results: list[dict[str, Any]], cached: int, wall: float,
-                    root: Path | None) -> BuildSummary:
+                    root: Path | None, claims: dict[str, Any]) -> BuildSummary:
     counts = summarise(results)
+    verdicts: dict[str, ClaimVerdict] = claims.get("verdicts", {})
     tag = hashlib.sha256(json.dumps([prompts.version, backend.model, SCHEMA_VERSION, fingerprint]).encode()
                          ).hexdigest()[:8]
     path = new_version_dir(KNOWLEDGE, cfg.dataset, tag, root)
-    write_jsonl(path / "records.jsonl", [r["record"] for r in results if r["record"]])
+    write_jsonl(path / "records.jsonl", [with_director(r["record"], verdicts.get(r["item_id"]))
+                                         for r in results if r["record"]])
+    write_jsonl(path / "claims.jsonl", [{**v.to_dict(), "answer": claims["answers"][item]}
+                                        for item, v in verdicts.items()])
     write_jsonl(path / "failures.jsonl", [f for r in results for f in r["failures"]])
     write_jsonl(path / "traces.jsonl", [{"item_id": r["item_id"], "verified": r["verified"], "repaired": r["repaired"],
                                          "trace": r["trace"], "rejections": r["rejections"], "choices": r["choices"],
@@ -218,7 +248,8 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
         "dataset": cfg.dataset, "dataset_fingerprint": fingerprint, "schema_version": SCHEMA_VERSION,
         "prompt_version": prompts.version, "model": backend.model, "backend": type(backend).__name__,
         "kg_link_audit": audit, "config": {k: v for k, v in vars(cfg).items() if k != "items"},
-        "counts": counts, "cached_items": cached, "wall_seconds": round(wall, 1),
+        "counts": counts, "director_claims": claims.get("counts"), "cached_items": cached,
+        "wall_seconds": round(wall, 1),
         "model_report": model_report(results),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })

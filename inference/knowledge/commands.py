@@ -38,6 +38,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        "constrained JSON; SmolLM2-135M mostly repeats the title or invents one)")
     build.add_argument("--cached-only", action="store_true", help="no model: write an artifact from the items "
                        "the cache already holds (progress of a running or interrupted build)")
+    build.add_argument("--no-director-claims", action="store_true", help="skip asking who directed each film "
+                       "the KG knows a director of (the KG vetoes or supports each answer; see claims.jsonl)")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
@@ -86,7 +88,8 @@ def _build(args: argparse.Namespace) -> int:
     from ranking.paths import cache_dir
 
     cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
-                      tagline=args.tagline, reask=args.reask, cached_only=args.cached_only)
+                      tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
+                      director_claims=not args.no_director_claims)
     gguf = MODELS[args.llm or DEFAULT_MODEL]
     with contextlib.ExitStack() as stack:
         if args.backend == "vllm":
@@ -107,7 +110,8 @@ def _build(args: argparse.Namespace) -> int:
         summary = build_knowledge(backend, cfg, data_dir=args.data_dir, progress=not args.quiet)
     provenance = json.loads((summary.path / "provenance.json").read_text())
     print(json.dumps({"version": summary.version, "path": str(summary.path), **summary.counts,
-                      "wall_seconds": round(summary.wall_seconds, 1), "model_report": provenance["model_report"]},
+                      "wall_seconds": round(summary.wall_seconds, 1), "model_report": provenance["model_report"],
+                      "director_claims": provenance["director_claims"]},
                      indent=2))
     print_examples(summary.path, args.examples)
     return 0

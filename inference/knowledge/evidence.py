@@ -221,9 +221,10 @@ def extract_evidence(item: pd.Series | object, graph: KnowledgeGraph, kg_trusted
                      for n, (kind, text, linked) in enumerate(facts, start=1)])
 
 
-def extract_all(items: pd.DataFrame, kg: pd.DataFrame | None) -> tuple[dict[str, Evidence], LinkAudit]:
+def extract_all(items: pd.DataFrame, kg: pd.DataFrame | None,
+                graph: KnowledgeGraph | None = None) -> tuple[dict[str, Evidence], LinkAudit]:
     """Evidence for every catalogue item (keyed by item id) and the link audit that decides KG trust."""
-    graph = KnowledgeGraph.from_frames(items, kg)
+    graph = graph or KnowledgeGraph.from_frames(items, kg)
     audit = audit_links(items, graph)
     evidence = {str(row.item_id): extract_evidence(row, graph, audit.passed) for row in items.itertuples()}
     return evidence, audit
