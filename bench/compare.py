@@ -9,6 +9,10 @@ the less popular half of the catalogue by training interactions) and, with `--co
 them through their side vectors alone). Popularity is scored on the same slices. Runs are saved one file each as they
 finish, so an interrupted comparison resumes where it stopped; `--jobs` trains several runs at once (on
 a GPU they share the device).
+
+An arm whose YAML sets `train.behaviors` (a behaviour model's YAML) reads inferred behaviours: that model
+is trained once per comparison (its own seed and fixed epoch budget, on the same split) before the
+rankers, and its inferred items per user and split are kept in the work folder beside the runs.
 """
 
 from __future__ import annotations
@@ -99,9 +103,56 @@ def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
     return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
 
 
+Extras = dict[str, dict[int, np.ndarray]]
+
+
+def behaviors_file(out_dir: Path, config: str) -> Path:
+    """Where a behaviour config's inferred items are kept (keyed by the YAML's content)."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()[:10]
+    return out_dir / "behaviors" / f"{Path(config).stem}-{digest}.npz"
+
+
+def prepare_behaviors(data: SequenceData, config: str, out_dir: Path, device: str | None) -> Path:
+    """Train the behaviour model of `config` on the comparison's split once and keep its inferred items."""
+    path = behaviors_file(out_dir, config)
+    if path.is_file():
+        return path
+    from inference.behavior.sampling import SamplingConfig
+    from inference.behavior.train import inferred_extras, load_behavior_config, train_behavior
+
+    cfg = load_behavior_config(config, data.dataset, device=device)
+    if cfg.max_seconds:
+        raise ValueError(f"{config}: a comparison trains by epochs only; remove train.max_seconds")
+    knowledge = None
+    if cfg.knowledge_init:
+        from bench.behavior import knowledge_matrix
+
+        knowledge = knowledge_matrix(data)[0]
+    result = train_behavior(data, cfg, knowledge, progress=False)
+    extras = inferred_extras(result.model, data, cfg.holdout, SamplingConfig(**cfg.sampling), result.device)
+    users = len(data.sequences)
+    arrays = {split: np.stack([np.asarray(extras[split].get(u, ()), dtype=np.int64) for u in range(users)])
+              for split in extras}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays, holdout_recall=np.float64(result.valid_recall), best_epoch=np.int64(result.best_epoch),
+             train_seconds=np.float64(result.seconds))
+    tmp.replace(path)
+    return path
+
+
+def load_behaviors(path: str | Path) -> Extras:
+    """Split → user → inferred item indices, as the ranker's trainer and scorer take them."""
+    with np.load(path) as archive:
+        return {split: dict(enumerate(archive[split])) for split in ("train", "valid", "test")}
+
+
 def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, device: str | None,
-              cold: np.ndarray | None = None) -> dict[str, Any]:
-    """Train one arm on one seed (cold items, if any, never seen in training); test metrics and per-user ranks."""
+              cold: np.ndarray | None = None, extras: Extras | None = None) -> dict[str, Any]:
+    """Train one arm on one seed (cold items, if any, never seen in training; `extras`: inferred behaviours
+    per split when the arm reads them); test metrics and per-user ranks."""
     from ranking.config import load_train_config
     from ranking.evaluate import rank_users
     from ranking.metrics import metrics_from_ranks
@@ -115,9 +166,16 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
         from inference.knowledge.embeddings import knowledge_training_inputs
 
         side = knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge)["side_embeddings"]
+    if cfg.behaviors and extras is None:
+        raise ValueError(f"{arm.config}: train.behaviors is set but no inferred behaviours were prepared")
+    if cfg.behaviors:
+        cfg = replace(cfg, model={**cfg.model, "extra_len": len(extras["test"][0])})
+    else:
+        extras = None
     result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side,
-                          cold_items=None if cold is None or not cold.size else cold.tolist())
-    ranks = rank_users(data, model_scorer(result.model, result.device), "test")
+                          cold_items=None if cold is None or not cold.size else cold.tolist(),
+                          extra=extras and extras["train"], valid_extra=extras and extras["valid"])
+    ranks = rank_users(data, model_scorer(result.model, result.device, extras and extras["test"]), "test")
     return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
@@ -125,16 +183,21 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
             "ranks": ranks.astype(int).tolist()}
 
 
-def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float]) -> str:
+def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float, str | None]) -> str:
     import os
 
     import torch
 
-    sequences, dataset, arm, seed, epochs, device, out, parallel, cold_fraction = job
+    sequences, dataset, arm, seed, epochs, device, out, parallel, cold_fraction, behaviors = job
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))  # parallel runs share the cores
     data, cold = _split(_load(sequences, dataset), cold_fraction)
     path = run_file(Path(out), arm, seed)
-    run = train_run(data, arm, seed, epochs, device, cold)
+    run = train_run(data, arm, seed, epochs, device, cold, load_behaviors(behaviors) if behaviors else None)
+    if behaviors:
+        with np.load(behaviors) as archive:
+            run["behaviors"] = {"file": Path(behaviors).name, "holdout_recall": float(archive["holdout_recall"]),
+                                "best_epoch": int(archive["best_epoch"]),
+                                "train_seconds": round(float(archive["train_seconds"]), 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(run))
@@ -180,6 +243,7 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
             "best_epochs": [runs[arm.name, s]["best_epoch"] for s in seeds],
             "train_seconds": [runs[arm.name, s]["train_seconds"] for s in seeds],
             "model_config": runs[arm.name, seeds[0]]["model_config"],
+            "behaviors": runs[arm.name, seeds[0]].get("behaviors"),
             "slices": {name: float(per_user[arm.name][mask].mean()) for name, mask in masks.items()},
         }
         if arm is not arms[0]:
@@ -235,9 +299,17 @@ def main_from_args(args: argparse.Namespace) -> int:
     out_dir = Path(args.work_dir or f"bench/results/compare/{tag}")
     todo = [(arm, seed) for seed in args.seeds for arm in arms if not run_file(out_dir, arm, seed).is_file()]
     parallel = max(1, min(args.jobs, len(todo)))
-    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,
-             args.cold_fraction) for arm, seed in todo]
     started = time.time()
+    behaviors = {}
+    from ranking.config import load_train_config
+
+    for arm in dict.fromkeys(arm for arm, _ in todo):
+        config = load_train_config(arm.config, data.dataset).behaviors
+        if config:
+            print(f"behaviour model {config} for arm {arm.name} …", flush=True)
+            behaviors[arm] = str(prepare_behaviors(data, config, out_dir, args.device))
+    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,
+             args.cold_fraction, behaviors.get(arm)) for arm, seed in todo]
     print(f"{len(jobs)} run(s) to train ({len(arms) * len(args.seeds) - len(jobs)} already done) in {out_dir}",
           flush=True)
     if args.jobs > 1 and len(jobs) > 1:

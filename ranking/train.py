@@ -31,6 +31,9 @@ class TrainConfig:
     # knowledge-embeddings version fused as side vectors (LATEST or a version; None: IDs only), resolved by
     # the caller (inference.knowledge.embeddings.ranker_knowledge) into train_ranker's side_embeddings
     knowledge: str | None = None
+    # a behaviour model's YAML whose inferred items become each user's extra sequence (None: no inferred
+    # behaviours); resolved by the caller (`reaseq bench compare` trains it once per comparison)
+    behaviors: str | None = None
     model: dict = field(default_factory=dict)  # overrides of RankerConfig fields
 
     def to_dict(self) -> dict:

@@ -96,3 +96,31 @@ def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path):
     assert result["cold_items"] == 9 and result["slice_users"]["cold_items"] > 0
     assert set(result["popularity_ndcg10"]) == {"all", "sparse_users", "tail_items", "cold_items"}
     assert "cold_items" in result["arms"]["b"]["vs_a"]
+
+
+def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_path, capsys):
+    sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
+    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
+             "  patience: 1\n  device: cpu\n"
+    (tmp_path / "ids.yaml").write_text(ranker)
+    (tmp_path / "behaviors.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
+    (tmp_path / "behavior.yaml").write_text(
+        "model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
+        "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n  device: cpu\n"
+        "sampling:\n  slots: 3\n  steps: 2\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--sequences", str(sequences), "--arm", f"ids={tmp_path / 'ids.yaml'}",
+            "--arm", f"behaviors={tmp_path / 'behaviors.yaml'}", "--seeds", "1", "2",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main_from_args(parser.parse_args(argv)) == 0
+    assert len(list((tmp_path / "work" / "behaviors").glob("*.npz"))) == 1  # one behaviour model for both seeds
+    result = json.loads((tmp_path / "out" / "compare-synthetic-ids-vs-behaviors.json").read_text())
+    row = result["arms"]["behaviors"]
+    assert row["model_config"]["extra_len"] == 3 and 0.0 <= row["behaviors"]["holdout_recall"] <= 1.0
+    assert result["arms"]["ids"]["model_config"]["extra_len"] == 0 and result["arms"]["ids"]["behaviors"] is None
+    timed = (tmp_path / "behavior.yaml").read_text().replace("train:\n", "train:\n  max_seconds: 60\n")
+    (tmp_path / "behavior.yaml").write_text(timed)
+    (tmp_path / "work" / "runs" / "behaviors-seed1.json").unlink()
+    with pytest.raises(ValueError, match="by epochs only"):
+        main_from_args(parser.parse_args(argv))
