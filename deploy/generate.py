@@ -54,13 +54,14 @@ def serve_config(local: dict[str, Any], defaults: dict[str, Any], port: int = 80
 
 
 def job_config(cluster: dict[str, Any], known_items: list[str]) -> dict[str, Any]:
-    """StreamConfig fields of the job in the cluster (streaming.config.StreamConfig reads them)."""
+    """StreamConfig fields of the job in the cluster (streaming.config.StreamConfig reads them). The job runs
+    in application mode: checkpoints, restarts and jars are the FlinkDeployment's, never the job's."""
     flink = cluster["flink"]
     ray = cluster["ray"]
     return {"bootstrap_servers": cluster["kafka"]["plain_bootstrap"],
             "serve_url": f"http://{ray['service']}-serve-svc.{cluster['namespace']}.svc:8000/rank",
             "behavior_url": f"http://{ray['service']}-serve-svc.{cluster['namespace']}.svc:8000/behavior",
-            "checkpoint_dir": flink["checkpoints"], **flink["job"], "known_items": known_items}
+            "flink_cluster": "application", **flink["job"], "known_items": known_items}
 
 
 def prometheus_rule(rules: dict[str, Any], name: str = "reaseq") -> dict[str, Any]:

@@ -110,3 +110,50 @@ def check_queries(queries: list[tuple[str, str]], recorded_names: set[str]) -> d
 
 def load_yaml_docs(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def provided_secrets(docs: list[dict[str, Any]]) -> set[str]:
+    """Secrets the operators create from objects in the overlay: Strimzi writes one per KafkaUser and the
+    cluster CA certificate of each Kafka."""
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"}
+    names |= {f"{d['metadata']['name']}-cluster-ca-cert" for d in docs if d["kind"] == "Kafka"}
+    return names
+
+
+def references(node: Any) -> list[tuple[str, str]]:
+    """Every (kind, name) a pod template anywhere inside `node` refers to: ConfigMap and Secret volumes,
+    projected sources, envFrom and env valueFrom."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("configMap", "configMapRef", "configMapKeyRef") and isinstance(value, dict) and "name" in value:
+                found.append(("ConfigMap", value["name"]))
+            elif key == "secret" and isinstance(value, dict) and "secretName" in value:
+                found.append(("Secret", value["secretName"]))
+            elif key in ("secretRef", "secretKeyRef") and isinstance(value, dict) and "name" in value:
+                found.append(("Secret", value["name"]))
+            found += references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += references(value)
+    return found
+
+
+def external_secrets() -> set[str]:
+    """Secrets the cluster's owner creates (deploy/k8s/cluster.yaml), which no overlay defines."""
+    cluster = yaml.safe_load((K8S / "cluster.yaml").read_text())
+    return {cluster["object_storage"]["secret"]}
+
+
+def unresolved_references(docs: list[dict[str, Any]], external: set[str] = frozenset()) -> list[str]:
+    """References to a ConfigMap or Secret that no object of the overlay provides (nor an operator, nor
+    the `external` Secrets the cluster's owner creates) — what a pod would fail to mount."""
+    have = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ("ConfigMap", "Secret")}
+    have |= {("Secret", name) for name in provided_secrets(docs) | set(external)}
+    missing = []
+    for doc in docs:
+        for kind, name in references(doc.get("spec", {})):
+            if (kind, name) not in have:
+                missing.append(f"{doc['kind']}/{doc['metadata']['name']} refers to {kind} {name!r}, which the "
+                               "overlay does not define")
+    return sorted(set(missing))

@@ -72,6 +72,21 @@ def resolve_artifact(spec: str | Path, kind: str = "ranker", root: Path | None =
     return path
 
 
+def catalogue_item_ids(artifact: Artifact) -> list[str]:
+    """The catalogue's item ids in the model's index order (index i + 1 is item_ids[i]).
+
+    Artifacts carry them in dataset.json, so serving needs no dataset (nothing is downloaded at start);
+    older artifacts without them fall back to loading the dataset, checked by its fingerprint."""
+    if "item_ids" in artifact.dataset:
+        return [str(i) for i in artifact.dataset["item_ids"]]
+    from ranking.data import load_dataset
+
+    dataset = load_dataset(artifact.dataset["name"])
+    if dataset.fingerprint != artifact.dataset["fingerprint"]:
+        raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
+    return [str(i) for i in dataset.items.item_id]
+
+
 def load_artifact(path: Path) -> Artifact:
     """Read an artifact directory's JSON files (weights are loaded on demand)."""
     read = lambda name: json.loads((path / f"{name}.json").read_text())  # noqa: E731

@@ -49,8 +49,10 @@ def load_sequences(dataset: str, data_dir: str | None = None) -> SequenceData:
 
 
 def dataset_record(data: SequenceData) -> dict[str, Any]:
+    """What an artifact records of its training data; item_ids let serving run without the dataset."""
     return {"name": data.dataset, "fingerprint": data.fingerprint, "users": len(data.user_ids),
-            "items": data.num_items, "interactions": int(sum(len(s) for s in data.sequences))}
+            "items": data.num_items, "interactions": int(sum(len(s) for s in data.sequences)),
+            "item_ids": [str(i) for i in data.item_ids]}
 
 
 def train_and_save(data: SequenceData, cfg: TrainConfig, progress: bool = True,

@@ -13,6 +13,8 @@ from streaming.topics import TopicsConfig
 
 MODES = ("transactional", "low-latency")
 STATE_RECORDS = ("every-event", "with-scores")
+FLINK_CLUSTERS = ("local", "application")
+LOCAL_CHECKPOINTS = "/tmp/reaseq-checkpoints"
 
 
 @dataclass
@@ -24,7 +26,7 @@ class StreamConfig:
     known_items: list[str]
     topics: TopicsConfig = field(default_factory=TopicsConfig)
     mode: str = "low-latency"
-    checkpoint_dir: str = "/tmp/reaseq-checkpoints"
+    checkpoint_dir: str = LOCAL_CHECKPOINTS
     checkpoint_interval_ms: int = 2000
     group_id: str = "reaseq-job"
     transactional_id_prefix: str = "reaseq-job"
@@ -58,6 +60,12 @@ class StreamConfig:
     parallelism: int = 1
     restore_from: str | None = None
     job_name: str = "reaseq-stream"
+    # "local": the job starts its own mini-cluster and configures it (connector jars resolved from the POM,
+    # checkpoints under checkpoint_dir, restarts, loopback addresses, extra_flink_config); "application":
+    # it runs inside a Flink cluster (the Kubernetes operator's application mode, a session cluster) and
+    # takes everything Flink-level from that cluster's configuration: checkpoint_dir, restore_from,
+    # parallelism and extra_flink_config must then be left unset.
+    flink_cluster: str = "local"
     extra_flink_config: dict[str, str] = field(default_factory=dict)
     # nearline behaviour inference: the BehaviorReasoner route, None = off. A user is refreshed after
     # `behavior_refresh_events` new events or `behavior_refresh_ms` (streaming/behavior.py), in the
@@ -86,6 +94,20 @@ class StreamConfig:
             raise ValueError(f"state_records must be one of {STATE_RECORDS}, got {self.state_records!r}")
         if self.max_wait_ms < 1 or self.poll_ms < 1:
             raise ValueError("max_wait_ms and poll_ms must be >= 1")
+        if self.flink_cluster not in FLINK_CLUSTERS:
+            raise ValueError(f"flink_cluster must be one of {FLINK_CLUSTERS}, got {self.flink_cluster!r}")
+        if self.flink_cluster == "application":
+            overridden = [name for name, value in (("restore_from", self.restore_from),
+                                                   ("extra_flink_config", self.extra_flink_config),
+                                                   ("metrics_port", self.metrics_port)) if value]
+            if self.checkpoint_dir != LOCAL_CHECKPOINTS:
+                overridden.append("checkpoint_dir")
+            if self.parallelism != 1:
+                overridden.append("parallelism")
+            if overridden:
+                raise ValueError(f"flink_cluster 'application' takes Flink settings from the cluster; remove "
+                                 f"{', '.join(overridden)} from the job config (set them in the cluster's "
+                                 "flinkConfiguration)")
         if self.max_pending < self.batch_size:
             raise ValueError(f"max_pending ({self.max_pending}) must be >= batch_size ({self.batch_size})")
         self.retry_policy()

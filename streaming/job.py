@@ -60,25 +60,35 @@ def prometheus_reporter_config(port: int) -> dict[str, str]:
 
 
 def run_job(cfg: StreamConfig, wait: bool = True):
-    """Build and start the job on a local Flink mini-cluster; returns the JobClient when not waiting."""
+    """Build and start the job: on its own local mini-cluster (`flink_cluster: local`), or inside the Flink
+    cluster that runs this driver (`application`: every Flink setting, jar and checkpoint location is the
+    cluster's). Returns the JobClient when not waiting."""
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from streaming.jvm_deps import resolve_jars
-    from streaming.kafka_io import flink_configuration
-
-    Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    extra = dict(cfg.extra_flink_config)
-    if cfg.metrics_port is not None:
-        extra.update(prometheus_reporter_config(cfg.metrics_port))
-    conf = flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
-                               checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=True,
-                               parallelism=cfg.parallelism, restore_from=cfg.restore_from, extra=extra)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    if cfg.flink_cluster == "application":
+        env = StreamExecutionEnvironment.get_execution_environment()
+    else:
+        env = StreamExecutionEnvironment.get_execution_environment(local_configuration(cfg))
     build_job(env, cfg)
     if wait:
         env.execute(cfg.job_name)
         return None
     return env.execute_async(cfg.job_name)
+
+
+def local_configuration(cfg: StreamConfig):
+    """The mini-cluster's configuration: jars resolved from the POM, checkpoints, restarts, loopback."""
+    from streaming.jvm_deps import resolve_jars
+    from streaming.kafka_io import flink_configuration, is_uri
+
+    if not is_uri(cfg.checkpoint_dir):
+        Path(cfg.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    extra = dict(cfg.extra_flink_config)
+    if cfg.metrics_port is not None:
+        extra.update(prometheus_reporter_config(cfg.metrics_port))
+    return flink_configuration(resolve_jars(), checkpoint_dir=cfg.checkpoint_dir,
+                               checkpoint_interval_ms=cfg.checkpoint_interval_ms, thread_mode=True,
+                               parallelism=cfg.parallelism, restore_from=cfg.restore_from, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,6 +208,17 @@ def ensure_pythonpath(extra: Sequence[str | os.PathLike[str]] = ()) -> str:
     return os.environ["PYTHONPATH"]
 
 
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """'s3://bucket/x', 'file:///tmp/x', 'hdfs://…' are URIs; '/tmp/x' and 'ckpt' are local paths."""
+    return "://" in str(location)
+
+
+def location_uri(location: str | os.PathLike[str]) -> str:
+    """A checkpoint or savepoint location as Flink takes it: URIs unchanged (an object store is never turned
+    into a local folder), local paths made absolute file:// URIs."""
+    return str(location) if is_uri(location) else Path(location).resolve().as_uri()
+
+
 def flink_configuration(
     jars: JvmJars | str,
     checkpoint_dir: str | os.PathLike[str],
@@ -242,7 +253,6 @@ def flink_configuration(
         # Else, in local runs, PyFlink's execute() starts a Beam "loopback" worker pool in this process
         # on [::]:0 (all interfaces); thread mode never uses it. PyFlink's own tests use this switch.
         os.environ.setdefault("_python_worker_execution_mode", "process")
-    ckpt = Path(checkpoint_dir).resolve()
     settings = {
         "pipeline.jars": jars.pipeline_jars if isinstance(jars, JvmJars) else jars,
         "python.executable": sys.executable,
@@ -252,7 +262,7 @@ def flink_configuration(
         "execution.runtime-mode": "STREAMING",
         "execution.checkpointing.interval": f"{int(checkpoint_interval_ms)} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
-        "execution.checkpointing.dir": ckpt.as_uri(),
+        "execution.checkpointing.dir": location_uri(checkpoint_dir),
         "execution.checkpointing.num-retained": str(retained_checkpoints),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "restart-strategy.type": "fixed-delay",
@@ -268,7 +278,8 @@ def flink_configuration(
         "taskmanager.host": LOOPBACK,
     }
     if restore_from is not None:
-        settings["execution.state-recovery.path"] = str(Path(restore_from).resolve())
+        settings["execution.state-recovery.path"] = (str(restore_from) if is_uri(restore_from)
+                                                     else str(Path(restore_from).resolve()))
     settings.update(extra or {})
     conf = Configuration()
     for key, value in settings.items():

@@ -225,3 +225,40 @@ def test_schema_building():
     defs = {"A": {"properties": {"b": {"$ref": "#/$defs/B"}}}, "B": {"type": "string"}, "C": {}}
     out = bundle({"$id": "x", "properties": {"a": {"$ref": "/api/_definitions.json#/$defs/A"}}}, defs)
     assert set(out["$defs"]) == {"A", "B"} and out["properties"]["a"]["$ref"] == "#/$defs/A"
+
+
+@pytest.mark.parametrize("overlay", validate.OVERLAYS)
+def test_every_configmap_and_secret_a_pod_refers_to_exists(overlay, rendered):
+    docs = rendered[overlay]
+    assert validate.unresolved_references(docs, validate.external_secrets()) == []
+    flink = _one(docs, "FlinkDeployment")
+    mounted = {v["configMap"]["name"] for v in flink["spec"]["podTemplate"]["spec"]["volumes"] if "configMap" in v}
+    assert any(name.startswith("reaseq-job-config-") for name in mounted)  # the hashed name kustomize generated
+    broken = copy.deepcopy(docs)
+    next(d for d in broken if d["kind"] == "ConfigMap" and d["metadata"]["name"] in mounted)["metadata"]["name"] = \
+        "reaseq-job-config"  # what the pod mounted before the name reference was configured
+    assert any("reaseq-job-config" in p for p in validate.unresolved_references(broken, validate.external_secrets()))
+    assert validate.unresolved_references(docs)  # the object-storage Secret is the cluster owner's to create
+
+
+def test_the_job_runs_with_the_clusters_flink_configuration(rendered):
+    from streaming.config import StreamConfig
+    from streaming.kafka_io import location_uri
+
+    job = StreamConfig.from_json((validate.K8S / "base" / "flink" / "job-config.json").read_text())
+    assert job.flink_cluster == "application" and job.extra_flink_config == {} and job.restore_from is None
+    conf = _one(rendered["dev"], "FlinkDeployment")["spec"]["flinkConfiguration"]
+    assert conf["execution.checkpointing.dir"].startswith("s3://") and conf["restart-strategy.type"] != "fixed-delay"
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        StreamConfig(bootstrap_servers="k:9092", serve_url="http://s/rank", known_items=["1"],
+                     flink_cluster="application", checkpoint_dir="s3://reaseq-state/checkpoints")
+    assert location_uri("s3://reaseq-state/checkpoints") == "s3://reaseq-state/checkpoints"  # never a local folder
+    assert location_uri("ckpt").startswith("file:///") and location_uri("ckpt").endswith("/ckpt")
+
+
+@pytest.mark.parametrize("overlay", validate.OVERLAYS)
+def test_disruption_budgets_count_pods_their_controllers_cannot_scale(overlay, rendered):
+    """RayCluster workers and native-mode TaskManagers have no scale subresource of their own: only an integer
+    minAvailable protects them."""
+    for pdb in (d for d in rendered[overlay] if d["kind"] == "PodDisruptionBudget"):
+        assert "maxUnavailable" not in pdb["spec"] and isinstance(pdb["spec"]["minAvailable"], int), pdb

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ranking.baselines import popularity_scorer
 from ranking.evaluate import evaluate
+from ranking.experiment import dataset_record
 from ranking.train import TrainConfig, model_scorer, train_ranker, training_windows
 
 
@@ -28,3 +30,23 @@ def test_short_training_beats_popularity_on_a_slice(ml100k_sequences):
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert ranker["NDCG@10"] > popularity["NDCG@10"] * 1.2, (ranker, popularity)
     assert ranker["HR@10"] > popularity["HR@10"], (ranker, popularity)
+
+
+def test_artifacts_carry_the_catalogue_so_serving_loads_no_dataset(tmp_path, monkeypatch):
+    import ranking.data
+    from ranking.artifacts import catalogue_item_ids, load_artifact, save_artifact
+    from ranking.splits import SequenceData
+
+    data = SequenceData("synthetic", "f" * 16, ["10", "20", "30"], ["u1"], [np.array([1, 2, 3])])
+    record = dataset_record(data)
+    artifact = load_artifact(save_artifact("ranker", record, {}, {}, {}, root=tmp_path).path)
+
+    def no_download(*_args, **_kwargs):
+        raise AssertionError("serving must not load the dataset")
+
+    monkeypatch.setattr(ranking.data, "load_dataset", no_download)
+    assert catalogue_item_ids(artifact) == ["10", "20", "30"]
+    older = load_artifact(save_artifact("ranker", {k: v for k, v in record.items() if k != "item_ids"}, {}, {}, {},
+                                        root=tmp_path).path)
+    with pytest.raises(AssertionError, match="must not load"):  # an older artifact falls back to the dataset
+        catalogue_item_ids(older)

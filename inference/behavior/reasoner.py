@@ -17,7 +17,7 @@ import torch
 
 from inference.behavior.model import DiffusionBehaviorModel
 from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
-from ranking.artifacts import load_artifact, resolve_artifact
+from ranking.artifacts import catalogue_item_ids, load_artifact, resolve_artifact
 from ranking.fit import autocast_for
 
 
@@ -35,14 +35,10 @@ class BehaviorReasoner:
     @staticmethod
     def load(spec: str, device: str = "auto") -> BehaviorReasoner:
         from inference.behavior.train import load_behavior_model
-        from ranking.data import load_dataset
 
         artifact = load_artifact(resolve_artifact(spec, kind="behavior"))
         model = load_behavior_model(artifact, device)
-        dataset = load_dataset(artifact.dataset["name"])
-        if dataset.fingerprint != artifact.dataset["fingerprint"]:
-            raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
-        item_ids = list(dataset.items.item_id)
+        item_ids = catalogue_item_ids(artifact)
         sampling = SamplingConfig(**artifact.config["train"].get("sampling", {}))
         return BehaviorReasoner(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)}, artifact.version,
                                 str(next(model.parameters()).device), sampling)

@@ -16,7 +16,7 @@ import torch
 
 from inference.knowledge.intents import IntentIndex
 from inference.knowledge.relations import RelationIndex
-from ranking.artifacts import Artifact, load_artifact, resolve_artifact
+from ranking.artifacts import Artifact, catalogue_item_ids, load_artifact, resolve_artifact
 from ranking.incremental import RankerStateCache
 from ranking.model import SequentialRanker, left_pad
 
@@ -41,15 +41,11 @@ class LoadedRanker:
     @staticmethod
     def load(spec: str, device: str = "auto", state_cache_users: int = 10_000) -> LoadedRanker:
         """Load an artifact; `state_cache_users` > 0 caches that many users' states (incremental models)."""
-        from ranking.data import load_dataset
         from ranking.experiment import load_ranker
 
         artifact: Artifact = load_artifact(resolve_artifact(spec))
         model = load_ranker(artifact, device).freeze()
-        dataset = load_dataset(artifact.dataset["name"])
-        if dataset.fingerprint != artifact.dataset["fingerprint"]:
-            raise ValueError(f"artifact {artifact.path} was trained on other data than {dataset.name}")
-        return LoadedRanker.of(artifact, model, list(dataset.items.item_id), state_cache_users)
+        return LoadedRanker.of(artifact, model, catalogue_item_ids(artifact), state_cache_users)
 
     @staticmethod
     def of(artifact: Artifact, model: SequentialRanker, item_ids: list[str],
