@@ -40,12 +40,15 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def serve_config(local: dict[str, Any], defaults: dict[str, Any], port: int = 8000) -> dict[str, Any]:
-    """The local Serve YAML made fit for a cluster: Serve on all interfaces, defaults merged into every
-    deployment; an autoscaling_config replaces a fixed num_replicas."""
+def serve_config(local: dict[str, Any], defaults: dict[str, Any], port: int = 8000,
+                 app_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The local Serve YAML made fit for a cluster: Serve on all interfaces, `app_args` set in every
+    application's args (e.g. device: cuda, so that a GPU worker without a GPU fails instead of falling back
+    to the CPU), defaults merged into every deployment; an autoscaling_config replaces a fixed num_replicas."""
     out = copy.deepcopy(local)
     out["http_options"] = {**out.get("http_options", {}), "host": "0.0.0.0", "port": port}
     for app in out.get("applications", []):
+        app["args"] = {**app.get("args", {}), **(app_args or {})}
         for deployment in app.get("deployments", []):
             deployment.update(_merge(deployment, defaults))
             if "autoscaling_config" in deployment:
@@ -102,8 +105,10 @@ def outputs(known_items: Callable[[], list[str]] = _catalogue_items) -> dict[Pat
     serve_src = "inference/serve/serve_config.yaml and deploy/k8s/cluster.yaml"
     dashboards = all_dashboards()
     files = {
-        K8S / "base/ray/serve-config.yaml": _yaml(serve_config(local, ray["deployment_defaults"]), serve_src),
-        K8S / "overlays/dev/serve-config.yaml": _yaml(serve_config(local, ray["dev_deployment_defaults"]), serve_src),
+        K8S / "base/ray/serve-config.yaml": _yaml(serve_config(local, ray["deployment_defaults"],
+                                                               app_args=ray["app_args"]), serve_src),
+        K8S / "overlays/dev/serve-config.yaml": _yaml(serve_config(local, ray["dev_deployment_defaults"],
+                                                                   app_args=ray["dev_app_args"]), serve_src),
         K8S / "base/flink/job-config.json": json.dumps(job_config(cluster, known_items())) + "\n",
         K8S / "base/monitoring/prometheusrule.yaml":
             _yaml(prometheus_rule(yaml.safe_load(RULES.read_text())), "monitoring/rules/reaseq.rules.yml"),

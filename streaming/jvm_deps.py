@@ -273,8 +273,24 @@ def _resolve_dependencies(cache: Path | None, pom: Path) -> JvmJars:
     return jars
 
 
-def main() -> int:
-    """Resolve the jars and print where they are."""
+def s3_plugin_coordinates() -> str:
+    """Flink's S3 filesystem plugin (Presto's, the one Flink recommends for checkpoints) at PyFlink's version."""
+    from importlib.metadata import version
+
+    return f"org.apache.flink:flink-s3-fs-presto:{version('apache-flink')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Resolve the jars and print where they are; optionally copy them where an image's Flink wants them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m streaming.jvm_deps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copy-connector-to", default=None, help="also copy the connector and glue jars into this "
+                        "folder (an image's FLINK_HOME/lib: the job then needs no pipeline.jars)")
+    parser.add_argument("--s3-plugin-to", default=None, help="also fetch Flink's S3 filesystem plugin "
+                        "(flink-s3-fs-presto at PyFlink's version) into this folder (an image's FLINK_HOME/opt)")
+    args = parser.parse_args(argv)
     start = time.monotonic()
     try:
         jars = resolve_jars()
@@ -284,6 +300,18 @@ def main() -> int:
     print(f"broker jars:    {jars.broker_dir}")
     print(f"connector jars: {' '.join(str(p) for p in jars.connector_jars)}")
     print(f"glue jar:       {jars.glue_jar}")
+    if args.copy_connector_to:
+        Path(args.copy_connector_to).mkdir(parents=True, exist_ok=True)
+        for jar in jars.connector_jars:
+            shutil.copy2(jar, Path(args.copy_connector_to) / jar.name)
+    if args.s3_plugin_to:
+        coordinates = s3_plugin_coordinates()
+        target = Path(args.s3_plugin_to) / f"{coordinates.split(':')[1]}-{coordinates.split(':')[2]}.jar"
+        failure = fetch_jar(coordinates, target, timeout_s=900)
+        if failure:
+            print(f"error: could not fetch the S3 plugin: {failure}", file=sys.stderr)
+            return 1
+        print(f"s3 plugin:      {target}")
     print(f"({time.monotonic() - start:.1f} s)")
     return 0
 

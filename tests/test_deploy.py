@@ -81,6 +81,7 @@ def test_overlay_contents(overlay, rendered):
     assert [a["import_path"] for a in serve["applications"]] == [a["import_path"] for a in local["applications"]]
     gpus = {d["ray_actor_options"]["num_gpus"] for a in serve["applications"] for d in a["deployments"]}
     assert gpus == ({0} if overlay == "dev" else {1})
+    assert {a["args"]["device"] for a in serve["applications"]} == ({"cpu"} if overlay == "dev" else {"cuda"})
     assert all("autoscaling_config" in d for a in serve["applications"] for d in a["deployments"])
     # the job: Python entry point, savepoint upgrades, autoscaler and Prometheus reporter on
     flink = _one(docs, "FlinkDeployment")

@@ -1,12 +1,18 @@
-# The Flink image: Flink 2.3 on Java 17, a Python 3.11 venv with PyFlink and this project (no torch: the job
-# never runs a model), and the Kafka connector + glue jars resolved from streaming/jvm/pom.xml.
-# Build from the repository root:
+# The Flink image: Debian 12 (Python 3.11, OpenJDK 17) with PyFlink's own Flink distribution as FLINK_HOME,
+# this project in a venv, the Kafka connector and glue jars (pinned by streaming/jvm/pom.xml) in
+# FLINK_HOME/lib, Flink's S3 filesystem plugin in FLINK_HOME/opt (enabled by ENABLE_BUILT_IN_PLUGINS), and
+# the Prometheus reporter PyFlink ships in FLINK_HOME/plugins. No torch: the job never runs a model.
+# Non-root (uid 9999), no compilers or Maven in the runtime stage; nothing is downloaded at start.
+# Build from the repository root: `make images` (buildah, here), or
 #   docker build -f deploy/images/flink.Dockerfile -t reaseq-flink:latest .
-ARG FLINK_IMAGE=flink:2.3.0-java17
+ARG BASE=debian:bookworm-slim
 
-FROM maven:3.9-eclipse-temurin-17 AS jars
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+FROM ${BASE} AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv openjdk-17-jdk-headless maven ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+# pip trusts the system store (Debian's CAs and any the base adds), not only its own bundle
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY reaseq reaseq
@@ -15,28 +21,30 @@ COPY inference inference
 COPY ranking ranking
 COPY monitoring monitoring
 COPY bench bench
-RUN python3 -m venv /opt/reaseq/venv \
-    && /opt/reaseq/venv/bin/pip install --no-cache-dir -c constraints.txt pyyaml numpy kafka-python tqdm \
-    && /opt/reaseq/venv/bin/pip install --no-cache-dir --no-deps .
-# Kafka connector, kafka-clients and the glue jar, pinned by the POM, into /opt/reaseq/cache/jvm
-RUN REASEQ_CACHE_DIR=/opt/reaseq/cache /opt/reaseq/venv/bin/python -m streaming.jvm_deps
+RUN --mount=type=cache,target=/root/.cache/pip python3 -m venv /opt/reaseq/venv \
+    && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
+       apache-flink pyyaml numpy kafka-python prometheus-client tqdm \
+    && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check --no-deps .
+# connector + glue jars into FLINK_HOME/lib, the S3 plugin into FLINK_HOME/opt (Maven: build stage only)
+RUN --mount=type=cache,target=/root/.m2 flink_home=/opt/reaseq/venv/lib/python3.11/site-packages/pyflink \
+    && REASEQ_CACHE_DIR=/tmp/reaseq-cache /opt/reaseq/venv/bin/python -m streaming.jvm_deps \
+       --copy-connector-to "$flink_home/lib" --s3-plugin-to "$flink_home/opt" \
+    && rm -rf /tmp/reaseq-cache
 
-FROM ${FLINK_IMAGE}
-USER root
-RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
-    && rm -rf /var/lib/apt/lists/*
-COPY constraints.txt /tmp/constraints.txt
-RUN python3.11 -m venv /opt/reaseq/venv \
-    && /opt/reaseq/venv/bin/pip install --no-cache-dir -c /tmp/constraints.txt \
-       apache-flink pyyaml numpy kafka-python prometheus-client tqdm
-COPY --from=jars /opt/reaseq/venv/lib/python3.11/site-packages/ /opt/reaseq/app-site/
-COPY --from=jars /opt/reaseq/cache /opt/reaseq/cache
-# the Prometheus reporter as a plugin (metrics.reporter.prom.* in the FlinkDeployment)
-RUN mkdir -p /opt/flink/plugins/metrics-prometheus \
-    && cp /opt/flink/opt/flink-metrics-prometheus-*.jar /opt/flink/plugins/metrics-prometheus/ \
-    && chown -R flink:flink /opt/reaseq
-ENV REASEQ_CACHE_DIR=/opt/reaseq/cache \
-    PYTHONPATH=/opt/reaseq/app-site \
-    PATH=/opt/reaseq/venv/bin:$PATH
-# uid 9999 (flink), as the FlinkDeployment's securityContext expects
-USER flink
+FROM ${BASE}
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 openjdk-17-jre-headless procps \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 9999 flink \
+    && useradd --system --uid 9999 --gid flink --home-dir /opt/flink --no-create-home flink
+COPY --from=build /opt/reaseq/venv /opt/reaseq/venv
+COPY deploy/images/flink-entrypoint.sh /docker-entrypoint.sh
+# /opt/flink as in Flink's own images (the operator's defaults point there); logs and enabled plugins writable
+RUN ln -s /opt/reaseq/venv/lib/python3.11/site-packages/pyflink /opt/flink \
+    && chown -R flink:flink /opt/flink/log /opt/flink/plugins /opt/flink/conf
+ENV FLINK_HOME=/opt/flink \
+    PATH=/opt/reaseq/venv/bin:/opt/flink/bin:$PATH
+USER 9999:9999
+WORKDIR /opt/flink
+ENTRYPOINT ["/docker-entrypoint.sh"]
+CMD ["bash"]

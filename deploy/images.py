@@ -1,0 +1,198 @@
+"""`make images`: build the Flink and Ray images here, daemonless, with buildah, and smoke-test them inside.
+
+Base images cannot be pulled here, so the Dockerfiles' base (`debian:bookworm-slim`) is made from Debian's
+own packages: `debootstrap --variant=minbase bookworm` (Debian 12: Python 3.11, OpenJDK 17), imported
+into the local image storage under that name. The same Dockerfiles build with Docker anywhere, on the
+registry's image (pin it by digest for production). Storage: vfs, isolation: chroot (no daemon, no
+user namespaces needed). The debootstrapped root file system is cached under
+~/.cache/reaseq/images/ keyed by suite, variant, mirror and the host's local CAs (added to the base, so
+that builds behind a TLS-intercepting proxy trust it); pip and Maven downloads are cached across builds
+through the Dockerfiles' cache mounts.
+
+    python -m deploy.images [--only flink|ray] [--skip-smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGES = ROOT / "deploy" / "images"
+BASE_NAME = "docker.io/library/debian:bookworm-slim"
+SUITE, VARIANT, MIRROR = "bookworm", "minbase", "http://deb.debian.org/debian"
+STORAGE = ["--storage-driver", "vfs"]
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+@dataclass(frozen=True)
+class Image:
+    """One image: its Dockerfile, its tag, and commands that must succeed inside it."""
+
+    name: str
+    dockerfile: Path
+    tag: str
+    smoke: tuple[tuple[str, ...], ...]
+    needs: tuple[str, ...] = ()  # paths under the repository root the build context must hold
+
+
+FLINK = Image("flink", IMAGES / "flink.Dockerfile", "localhost/reaseq-flink:latest", (
+    ("id", "-u"),
+    ("java", "-version"),
+    ("python", "-c", "import pyflink, streaming.job, streaming.config; print('pyflink', pyflink.__file__)"),
+    ("bash", "-c", "ls /opt/flink/lib/flink-sql-connector-kafka-*.jar /opt/flink/lib/reaseq-flink-glue-*.jar "
+                   "/opt/flink/opt/flink-s3-fs-presto-*.jar /opt/flink/plugins/metrics-prometheus/*.jar"),
+    ("/docker-entrypoint.sh", "bash", "-c", "flink --version"),
+    ("env", "ENABLE_BUILT_IN_PLUGINS=flink-s3-fs-presto-2.3.0.jar", "/docker-entrypoint.sh",
+     "ls", "/opt/flink/plugins/flink-s3-fs-presto-2.3.0"),
+    ("bash", "-c", "! command -v mvn && ! command -v javac && ! command -v gcc"),  # no build tools at runtime
+))
+RAY = Image("ray", IMAGES / "ray.Dockerfile", "localhost/reaseq-ray:latest", (
+    ("id", "-u"),
+    ("python", "-c", "import ray, torch, ray.serve; print('ray', ray.__version__, 'torch', torch.__version__)"),
+    ("python", "-c", "from inference.serve.scoring import LoadedRanker, score_users; "
+                     "r = LoadedRanker.load('ml-100k', 'cpu'); "
+                     "print(score_users(r, [{'user_id': 'u', 'recent_items': r.item_ids[:3]}], top_k=3)[0]['items'])"),
+    ("python", "-c", "from inference.behavior.reasoner import BehaviorReasoner; "
+                     "print('behaviour model', BehaviorReasoner.load('ml-100k', 'cpu').version)"),
+    ("bash", "-c", "! command -v gcc && ! command -v pip3"),
+), needs=("artifacts/ranker/ml-100k/LATEST", "artifacts/behavior/ml-100k/LATEST"))
+ALL = {image.name: image for image in (FLINK, RAY)}
+
+
+def run(args: list[str], log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; its output goes to `log` when given. Raises with the log's tail on failure."""
+    if log is None:
+        done = subprocess.run(args, capture_output=True, text=True)
+        output = done.stdout + done.stderr
+    else:
+        with log.open("a") as out:
+            out.write(f"\n$ {' '.join(args)}\n")
+            out.flush()
+            done = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT, text=True)
+        output = log.read_text()[-4000:]
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:4])} … failed (exit {done.returncode}):\n{output[-4000:]}")
+    return done
+
+
+def require_tools() -> None:
+    missing = [t for t in ("buildah", "podman", "debootstrap") if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not found: apt-get install buildah podman debootstrap "
+                         "(Debian packages), then run `make images` again")
+
+
+def cache_dir() -> Path:
+    from ranking.paths import cache_dir as reaseq_cache
+
+    return reaseq_cache() / "images"
+
+
+def image_exists(tag: str) -> bool:
+    return run(["buildah", *STORAGE, "inspect", "--type", "image", tag], check=False).returncode == 0
+
+
+def host_cas() -> list[Path]:
+    """This machine's own certificate authorities (e.g. a TLS-intercepting proxy's), which the base trusts too."""
+    return sorted(LOCAL_CAS.glob("*.crt"))
+
+
+def ensure_base(log: Path) -> str:
+    """The Debian 12 base under the name the Dockerfiles use, from a cached debootstrap of Debian's packages.
+
+    The host's local CAs go to the base's /usr/local/share/ca-certificates, so that installing
+    ca-certificates in an image (and Java's trust store with it) trusts what this machine trusts."""
+    if image_exists(BASE_NAME):
+        return "present"
+    cas = host_cas()
+    digest = hashlib.sha256(json.dumps([SUITE, VARIANT, MIRROR, [c.read_text() for c in cas]]).encode())
+    tarball = cache_dir() / f"debian-{SUITE}-{VARIANT}-{digest.hexdigest()[:12]}.tar"
+    if not tarball.is_file():
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=tarball.parent) as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            run(["debootstrap", f"--variant={VARIANT}", SUITE, str(rootfs), MIRROR], log)
+            for ca in cas:
+                shutil.copy2(ca, rootfs / "usr/local/share/ca-certificates" / ca.name)
+            run(["tar", "-C", str(rootfs), "-cf", str(tarball.with_suffix(".part")), "."], log)
+            tarball.with_suffix(".part").replace(tarball)
+    run(["podman", *STORAGE, "import", str(tarball), BASE_NAME], log)
+    return f"imported from {tarball.name}"
+
+
+def build(image: Image, log: Path, context: Path = ROOT) -> float:
+    """buildah bud the image (context: the repository root); returns seconds."""
+    missing = [p for p in image.needs if not (context / p).exists()]
+    if missing:
+        raise SystemExit(f"the {image.name} image bakes in {', '.join(missing)}, which does not exist yet: "
+                         "train first (`make demo`, or `reaseq train ranker --dataset ml-100k` and "
+                         "`reaseq train behavior --dataset ml-100k`)")
+    started = time.monotonic()
+    run(["buildah", *STORAGE, "bud", "--isolation", "chroot", "--pull=never", "--layers=false",
+         "-f", str(image.dockerfile), "-t", image.tag, str(context)], log)
+    return time.monotonic() - started
+
+
+def size_bytes(tag: str) -> int:
+    done = run(["podman", *STORAGE, "image", "inspect", "--format", "{{.Size}}", tag])
+    return int(done.stdout.strip())
+
+
+def smoke(image: Image, log: Path) -> list[str]:
+    """Run each smoke command inside a container of the image (as the image's USER); returns their outputs."""
+    container = run(["buildah", *STORAGE, "from", "--pull=never", image.tag]).stdout.strip()
+    outputs = []
+    try:
+        for command in image.smoke:
+            done = run(["buildah", *STORAGE, "run", "--isolation", "chroot", container, "--", *command], check=False)
+            text = (done.stdout + done.stderr).strip()
+            with log.open("a") as out:
+                out.write(f"\n$ [{image.name}] {' '.join(command)}\n{text}\n")
+            if done.returncode != 0:
+                raise RuntimeError(f"smoke command failed in {image.tag}: {' '.join(command)}\n{text[-2000:]}")
+            outputs.append(text.splitlines()[-1] if text else "")
+    finally:
+        run(["buildah", *STORAGE, "rm", container], check=False)
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.images", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(ALL), action="append", help="build only this image (repeatable)")
+    parser.add_argument("--skip-smoke", action="store_true", help="build without the smoke commands")
+    parser.add_argument("--log", default=None, help="build log (default: ~/.cache/reaseq/images/build.log)")
+    args = parser.parse_args(argv)
+    require_tools()
+    log = Path(args.log) if args.log else cache_dir() / "build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    print(f"base {BASE_NAME}: {ensure_base(log)} (log: {log})", flush=True)
+    rows = []
+    for name in args.only or list(ALL):
+        image = ALL[name]
+        print(f"building {image.tag} from {image.dockerfile.relative_to(ROOT)} …", flush=True)
+        seconds = build(image, log)
+        size = size_bytes(image.tag)
+        print(f"  built in {seconds:.0f} s, {size / 2**30:.2f} GiB", flush=True)
+        if not args.skip_smoke:
+            for command, output in zip(image.smoke, smoke(image, log), strict=True):
+                print(f"  ok: {' '.join(command)[:90]} → {output[:100]}", flush=True)
+        rows.append((image.tag, seconds, size))
+    print("\n| image | build | size |\n|---|---:|---:|")
+    for tag, seconds, size in rows:
+        print(f"| {tag} | {seconds:.0f} s | {size / 2**30:.2f} GiB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
