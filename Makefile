@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF 
 LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_CPP)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 WHEELS ?= $(HOME)/.cache/reaseq/wheels/llama-$(LLAMA_KEY)
 
-.PHONY: setup demo test lint clean jvm tools
+.PHONY: setup demo test lint clean jvm tools images rehearse
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); install it and re-run, or pass PYTHON=/path/to/python3.11" % sys.version.split()[0])'
@@ -35,10 +35,20 @@ jvm: setup
 tools:
 	deploy/tools/install.sh
 
+# The Flink and Ray images, built here with buildah on a debootstrapped Debian 12 (deploy/images.py); an image
+# whose inputs did not change is not rebuilt. The Ray image bakes in the trained artifacts (make demo).
+images: setup jvm tools
+	$(PY) -m deploy.images
+
+# Run the job and Serve from the rendered manifests inside the images (deploy/rehearse.py).
+rehearse: images
+	$(PY) -m deploy.rehearse
+
 demo: setup jvm
 	$(VENV)/bin/reaseq demo
 
 test: setup jvm tools
+	$(PY) -m deploy.images --available
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

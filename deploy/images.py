@@ -31,6 +31,10 @@ BASE_NAME = "docker.io/library/debian:bookworm-slim"
 SUITE, VARIANT, MIRROR = "bookworm", "minbase", "http://deb.debian.org/debian"
 STORAGE = ["--storage-driver", "vfs"]
 LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+INPUTS_LABEL = "io.reaseq.inputs"
+# what the Dockerfiles copy from the repository (the artifacts an image bakes in are its `needs`)
+COPIED = ("pyproject.toml", "constraints.txt", "README.md", "reaseq", "streaming", "inference", "ranking",
+          "monitoring", "bench", "deploy/images")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ RAY = Image("ray", IMAGES / "ray.Dockerfile", "localhost/reaseq-ray:latest", (
                      "print(score_users(r, [{'user_id': 'u', 'recent_items': r.item_ids[:3]}], top_k=3)[0]['items'])"),
     ("python", "-c", "from inference.behavior.reasoner import BehaviorReasoner; "
                      "print('behaviour model', BehaviorReasoner.load('ml-100k', 'cpu').version)"),
-    ("bash", "-c", "! command -v gcc && ! command -v pip3"),
+    ("bash", "-c", "! command -v gcc && ! command -v cc && ! command -v make"),  # no build tools at runtime
 ), needs=("artifacts/ranker/ml-100k/LATEST", "artifacts/behavior/ml-100k/LATEST"))
 ALL = {image.name: image for image in (FLINK, RAY)}
 
@@ -84,8 +88,12 @@ def run(args: list[str], log: Path | None = None, check: bool = True) -> subproc
     return done
 
 
+def missing_tools() -> list[str]:
+    return [t for t in ("buildah", "podman", "debootstrap") if shutil.which(t) is None]
+
+
 def require_tools() -> None:
-    missing = [t for t in ("buildah", "podman", "debootstrap") if shutil.which(t) is None]
+    missing = missing_tools()
     if missing:
         raise SystemExit(f"{', '.join(missing)} not found: apt-get install buildah podman debootstrap "
                          "(Debian packages), then run `make images` again")
@@ -121,12 +129,38 @@ def ensure_base(log: Path) -> str:
         with tempfile.TemporaryDirectory(dir=tarball.parent) as tmp:
             rootfs = Path(tmp) / "rootfs"
             run(["debootstrap", f"--variant={VARIANT}", SUITE, str(rootfs), MIRROR], log)
+            local = rootfs / "usr/local/share/ca-certificates"
+            local.mkdir(parents=True, exist_ok=True)
             for ca in cas:
-                shutil.copy2(ca, rootfs / "usr/local/share/ca-certificates" / ca.name)
+                shutil.copy2(ca, local / ca.name)
             run(["tar", "-C", str(rootfs), "-cf", str(tarball.with_suffix(".part")), "."], log)
             tarball.with_suffix(".part").replace(tarball)
     run(["podman", *STORAGE, "import", str(tarball), BASE_NAME], log)
     return f"imported from {tarball.name}"
+
+
+def inputs_digest(image: Image, context: Path = ROOT) -> str:
+    """A digest of what the image is built from: its Dockerfile, the sources and pins it copies (the files git
+    tracks, or all files outside git), the artifacts it bakes in, and the base's key."""
+    listed = subprocess.run(["git", "-C", str(context), "ls-files", "-z", *COPIED], capture_output=True, text=True)
+    files = sorted(f for f in listed.stdout.split("\0") if f) if listed.returncode == 0 else []
+    files += sorted(str(p.relative_to(context)) for need in image.needs
+                    for p in (context / need).parent.rglob("*") if p.is_file())
+    digest = hashlib.sha256(image.dockerfile.read_bytes())
+    for name in files:
+        path = context / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps([SUITE, VARIANT, MIRROR]).encode())
+    return digest.hexdigest()[:16]
+
+
+def built_digest(tag: str) -> str | None:
+    """The inputs digest recorded in a built image's labels (None: not built, or built without it)."""
+    done = run(["podman", *STORAGE, "image", "inspect", "--format", f'{{{{ index .Labels "{INPUTS_LABEL}" }}}}', tag],
+               check=False)
+    value = done.stdout.strip()
+    return value if done.returncode == 0 and value and value != "<no value>" else None
 
 
 def build(image: Image, log: Path, context: Path = ROOT) -> float:
@@ -138,7 +172,9 @@ def build(image: Image, log: Path, context: Path = ROOT) -> float:
                          "`reaseq train behavior --dataset ml-100k`)")
     started = time.monotonic()
     run(["buildah", *STORAGE, "bud", "--isolation", "chroot", "--pull=never", "--layers=false",
+         "--label", f"{INPUTS_LABEL}={inputs_digest(image, context)}",
          "-f", str(image.dockerfile), "-t", image.tag, str(context)], log)
+    run(["buildah", *STORAGE, "rmi", "--prune"], log, check=False)  # the replaced image: GBs under vfs
     return time.monotonic() - started
 
 
@@ -170,8 +206,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(ALL), action="append", help="build only this image (repeatable)")
     parser.add_argument("--skip-smoke", action="store_true", help="build without the smoke commands")
+    parser.add_argument("--smoke-only", action="store_true", help="only run the smoke commands in built images")
+    parser.add_argument("--force", action="store_true", help="build even when the image's inputs are unchanged")
+    parser.add_argument("--available", action="store_true", help="skip (with the reason) an image whose baked-in "
+                        "artifacts do not exist yet, instead of failing (make test: the Ray image needs training)")
     parser.add_argument("--log", default=None, help="build log (default: ~/.cache/reaseq/images/build.log)")
     args = parser.parse_args(argv)
+    if args.available and missing_tools():
+        print(f"skipping the images: {', '.join(missing_tools())} not installed (as root: apt-get install buildah "
+              "podman debootstrap)")
+        return 0
     require_tools()
     log = Path(args.log) if args.log else cache_dir() / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -180,8 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only or list(ALL):
         image = ALL[name]
-        print(f"building {image.tag} from {image.dockerfile.relative_to(ROOT)} …", flush=True)
-        seconds = build(image, log)
+        missing = [p for p in image.needs if not (ROOT / p).exists()]
+        if missing and args.available:
+            print(f"skipping {image.tag}: {', '.join(missing)} not trained yet (make demo trains them)", flush=True)
+            continue
+        if args.smoke_only:
+            seconds = 0.0
+        elif not args.force and built_digest(image.tag) == inputs_digest(image):
+            print(f"{image.tag} is up to date with its inputs ({inputs_digest(image)})", flush=True)
+            seconds = 0.0
+        else:
+            print(f"building {image.tag} from {image.dockerfile.relative_to(ROOT)} …", flush=True)
+            seconds = build(image, log)
         size = size_bytes(image.tag)
         print(f"  built in {seconds:.0f} s, {size / 2**30:.2f} GiB", flush=True)
         if not args.skip_smoke:

@@ -42,8 +42,11 @@ COPY deploy/images/flink-entrypoint.sh /docker-entrypoint.sh
 # /opt/flink as in Flink's own images (the operator's defaults point there); logs and enabled plugins writable
 RUN ln -s /opt/reaseq/venv/lib/python3.11/site-packages/pyflink /opt/flink \
     && chown -R flink:flink /opt/flink/log /opt/flink/plugins /opt/flink/conf
+# PYTHONPATH: in thread mode the job's Python runs inside the TaskManager's JVM (pemja), which does not
+# read the venv's site-packages on its own (pemja and this project live there)
 ENV FLINK_HOME=/opt/flink \
-    PATH=/opt/reaseq/venv/bin:/opt/flink/bin:$PATH
+    PATH=/opt/reaseq/venv/bin:/opt/flink/bin:$PATH \
+    PYTHONPATH=/opt/reaseq/venv/lib/python3.11/site-packages
 USER 9999:9999
 WORKDIR /opt/flink
 ENTRYPOINT ["/docker-entrypoint.sh"]

@@ -44,3 +44,16 @@ if ! stamp_ok promtool "$PROMETHEUS_DEB_VERSION" || ! stamp_ok prometheus "$PROM
   stamp prometheus "$PROMETHEUS_DEB_VERSION"
 fi
 "$BIN/kustomize" version >/dev/null && "$BIN/kubeconform" -v >/dev/null && "$BIN/promtool" --version >/dev/null
+
+# The image builder (make images): buildah, podman (import only) and debootstrap, Debian's packages. They
+# install system-wide, so only as root; otherwise say how, and the image tests skip with that reason.
+if ! command -v buildah >/dev/null || ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing buildah, podman and debootstrap (Debian packages) for make images …"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends buildah podman debootstrap \
+      >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -q --no-install-recommends buildah podman debootstrap >/dev/null; }
+  else
+    echo "note: buildah/podman/debootstrap missing; as root: apt-get install buildah podman debootstrap" >&2
+  fi
+fi

@@ -1,0 +1,408 @@
+"""`reaseq deploy rehearse`: run what the pods would run, from the rendered overlay's own objects, inside the
+built images (`make images`), on this machine.
+
+- job: the FlinkDeployment's job as the operator starts it in application mode — `PythonDriver -pym
+  streaming.job` with the rendered ConfigMap's job config — in a JobManager and a TaskManager run from the
+  Flink image, with the rendered `flinkConfiguration` as the cluster's configuration. What only Kubernetes
+  provides is replaced, and named: addresses on 127.0.0.1 (Kafka: a local broker; Serve: not running, the
+  job keeps the events until it answers), high availability off (the operator's Kubernetes HA needs the
+  API server), and the bucket served by a local S3 (moto). Checkpoints must land in that bucket under the
+  configured path; then the TaskManager is killed (SIGKILL), a new one started, and the job must restore
+  from the latest S3 checkpoint.
+- serve: the RayService's rendered `serveConfigV2` started with `serve run` inside the Ray image, in a
+  network namespace that has only loopback (`unshare -n`): both applications must become healthy from what
+  the image holds, and a request to each is answered.
+
+Each part prints what it checked and exits non-zero when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy import images, validate
+
+# Runs inside the Ray image (stdlib only): start Serve from the rendered config, wait until both routes
+# answer, prove there is no route out, print one JSON line, stop Serve.
+SERVE_PROBE = textwrap.dedent('''
+    import json, os, signal, socket, subprocess, sys, time, urllib.request
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    log = open("/tmp/serve.log", "w")
+    serve = subprocess.Popen(["serve", "run", "/rehearsal/serve-config.yaml"], stdout=log, stderr=subprocess.STDOUT)
+
+    def post(route, body):
+        request = urllib.request.Request("http://127.0.0.1:8000" + route, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+
+    users = {"users": [{"user_id": "rehearsal", "recent_items": ["50", "172", "181"]}]}
+    result, deadline = {}, time.time() + float(sys.argv[1])
+    while time.time() < deadline and serve.poll() is None:
+        try:
+            result["rank"] = post("/rank", users)
+            result["behavior"] = post("/behavior", users)
+            break
+        except Exception as error:
+            result["last_error"] = repr(error)[:300]
+            time.sleep(3)
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+        result["outside_reachable"] = True
+    except OSError as error:
+        result["outside_reachable"] = False
+        result["outside_error"] = repr(error)[:200]
+    result["interfaces"] = sorted(line.split(":")[0].strip() for line in open("/proc/net/dev").readlines()[2:])
+    result["serve_exited"] = serve.poll()
+    serve.send_signal(signal.SIGINT)
+    try:
+        serve.wait(60)
+    except subprocess.TimeoutExpired:
+        serve.kill()
+    log.close()
+    result["serve_log_tail"] = open("/tmp/serve.log").read()[-3000:]
+    print("REHEARSAL " + json.dumps(result))
+''')
+
+
+def rendered_serve_config(overlay: str) -> dict[str, Any]:
+    """The RayService's serveConfigV2 as the overlay renders it."""
+    docs = validate.load_yaml_docs(validate.kustomize_build(validate.K8S / "overlays" / overlay))
+    service = next(d for d in docs if d["kind"] == "RayService" and d["metadata"]["name"] == "reaseq-serve")
+    return yaml.safe_load(service["spec"]["serveConfigV2"])
+
+
+def rehearse_serve(overlay: str = "dev", timeout_s: float = 420) -> dict[str, Any]:
+    """Serve from the rendered config inside the Ray image with loopback only; returns the probe's findings."""
+    if not images.image_exists(images.RAY.tag):
+        raise SystemExit(f"{images.RAY.tag} is not built: run `make images` first")
+    config = rendered_serve_config(overlay)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "serve-config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "probe.py").write_text(SERVE_PROBE)
+        folder.chmod(0o755)
+        for path in folder.iterdir():
+            path.chmod(0o644)
+        container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.RAY.tag]).stdout.strip()
+        try:
+            inner = " ".join(["buildah", *images.STORAGE, "run", "--isolation", "chroot",
+                              "-v", f"{folder}:/rehearsal:ro", container, "--",
+                              "python", "/rehearsal/probe.py", str(int(timeout_s - 60))])
+            done = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {inner}"],
+                                  capture_output=True, text=True, timeout=timeout_s)
+        finally:
+            images.run(["buildah", *images.STORAGE, "rm", container], check=False)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("REHEARSAL ")), None)
+    if line is None:
+        raise RuntimeError(f"the Serve probe printed no result (exit {done.returncode}):\n"
+                           f"{(done.stdout + done.stderr)[-3000:]}")
+    return json.loads(line.removeprefix("REHEARSAL "))
+
+
+def serve_problems(found: dict[str, Any]) -> list[str]:
+    """What the Serve rehearsal's findings fail on (empty: passed)."""
+    problems = []
+    for route in ("rank", "behavior"):
+        status, body = found.get(route, (None, None))
+        results = (body or {}).get("results") or []
+        if status != 200 or not results or not results[0].get("items"):
+            problems.append(f"/{route} did not answer with items: {found.get(route)} "
+                            f"(last error: {found.get('last_error')})")
+    if found.get("outside_reachable") is not False:
+        problems.append("the network outside was reachable: the rehearsal did not run without network")
+    if found.get("interfaces") != ["lo"]:
+        problems.append(f"interfaces other than loopback: {found.get('interfaces')}")
+    return problems
+
+
+LOOPBACK = "127.0.0.1"
+S3_PLUGIN = "flink-s3-fs-presto-2.3.0.jar"
+
+
+def rendered_flink(overlay: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The overlay's FlinkDeployment and the job config its pods mount (from the generated ConfigMap)."""
+    docs = validate.load_yaml_docs(validate.kustomize_build(validate.K8S / "overlays" / overlay))
+    flink = next(d for d in docs if d["kind"] == "FlinkDeployment")
+    mounted = {v["configMap"]["name"] for v in flink["spec"]["podTemplate"]["spec"]["volumes"] if "configMap" in v}
+    configmap = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] in mounted)
+    return flink, json.loads(configmap["data"]["job-config.json"])
+
+
+def memory_mb(text: str) -> int:
+    """'1536m' → 1536, '2g' / '2Gi' → 2048 (the FlinkDeployment's resource.memory)."""
+    number = "".join(c for c in text if c.isdigit() or c == ".")
+    unit = text[len(number):].lower().rstrip("i").rstrip("b")
+    return int(float(number) * {"": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024}[unit])
+
+
+def cluster_configuration(flink: dict[str, Any], s3_endpoint: str, ports: dict[str, int]) -> dict[str, str]:
+    """The FlinkDeployment's flinkConfiguration as this machine runs it: what the operator adds (memory from
+    the resources), and what only Kubernetes provides replaced (addresses, HA, the S3 endpoint)."""
+    spec = flink["spec"]
+    conf = {str(k): str(v) for k, v in spec["flinkConfiguration"].items()}
+    conf.update({
+        "jobmanager.memory.process.size": f"{memory_mb(spec['jobManager']['resource']['memory'])}m",
+        "taskmanager.memory.process.size": f"{memory_mb(spec['taskManager']['resource']['memory'])}m",
+        "parallelism.default": str(spec["job"]["parallelism"]),
+        "jobmanager.rpc.address": LOOPBACK, "jobmanager.bind-host": LOOPBACK, "jobmanager.rpc.port": str(ports["rpc"]),
+        "rest.address": LOOPBACK, "rest.bind-address": LOOPBACK, "rest.port": str(ports["rest"]),
+        "taskmanager.host": LOOPBACK, "taskmanager.bind-host": LOOPBACK,
+        "metrics.reporter.prom.port": f"{ports['metrics']}-{ports['metrics'] + 1}",
+        "high-availability.type": "none",
+        "s3.endpoint": s3_endpoint, "s3.path.style.access": "true",
+        "s3.access-key": "rehearsal", "s3.secret-key": "rehearsal",
+    })
+    return conf
+
+
+def s3_location(uri: str) -> tuple[str, str]:
+    """'s3://bucket/some/prefix' → ('bucket', 'some/prefix'); anything else is refused (it would be local)."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"{uri!r} is not an s3:// location: checkpoints would stay on the pod's disk")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str) -> Iterator[tuple[str, Any]]:
+    """A local S3 (moto's server) on 127.0.0.1 with `bucket`; yields (endpoint, boto3 client)."""
+    import boto3
+
+    from streaming.kafka_broker import free_port
+
+    port = free_port()
+    moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", LOOPBACK, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://{LOOPBACK}:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="rehearsal",
+                              aws_secret_access_key="rehearsal", region_name="us-east-1")
+        for _ in range(100):
+            with contextlib.suppress(Exception):
+                client.create_bucket(Bucket=bucket)
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"moto_server did not start on {endpoint}")
+        yield endpoint, client
+    finally:
+        moto.terminate()
+        moto.wait(10)
+
+
+def rest(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}{path}", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 2.0):
+    """Poll `check()` until it returns something truthy (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as error:  # not up yet: keep polling, remember why
+            last = error
+        time.sleep(every_s)
+    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+
+
+class FlinkProcess:
+    """One Flink process (JobManager or TaskManager) run inside a container of the Flink image."""
+
+    def __init__(self, name: str, command: list[str], mounts: dict[Path, str], env: dict[str, str], log: Path):
+        self.name = name
+        self.container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.FLINK.tag]
+                                    ).stdout.strip()
+        args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot"]
+        for host, inside in mounts.items():
+            args += ["-v", f"{host}:{inside}"]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        self.out = log.open("w")
+        self.process = subprocess.Popen([*args, self.container, "--", "/docker-entrypoint.sh", *command],
+                                        stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def java_pids(self, marker: str) -> list[int]:
+        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in found]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (buildah run and the JVM inside)."""
+        with contextlib.suppress(ProcessLookupError):
+            import os
+
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        images.run(["buildah", *images.STORAGE, "rm", self.container], check=False)
+        self.out.close()
+
+
+def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 200,
+                 timeout_s: float = 300) -> dict[str, Any]:
+    """The job in application mode in the Flink image, checkpointing to a local S3; kill the TaskManager and
+    check the restore. Returns what was observed."""
+    from kafka import KafkaProducer
+
+    from streaming.events import Event
+    from streaming.kafka_broker import EmbeddedKafka, free_port
+    from streaming.topics import TopicsConfig, ensure_topics
+
+    if not images.image_exists(images.FLINK.tag):
+        raise SystemExit(f"{images.FLINK.tag} is not built: run `make images` first")
+    flink, job_config = rendered_flink(overlay)
+    checkpoints = flink["spec"]["flinkConfiguration"]["execution.checkpointing.dir"]
+    bucket, prefix = s3_location(checkpoints)
+    found: dict[str, Any] = {"checkpoint_dir": checkpoints, "job_args": flink["spec"]["job"]["args"]}
+    with contextlib.ExitStack() as stack:
+        folder = Path(work or stack.enter_context(tempfile.TemporaryDirectory(prefix="reaseq-rehearsal-")))
+        endpoint, s3 = stack.enter_context(local_s3(bucket))
+        kafka = stack.enter_context(EmbeddedKafka(folder / "kafka"))
+        ensure_topics(kafka.bootstrap_servers, TopicsConfig())
+        ports = {"rpc": free_port(), "rest": free_port(), "metrics": free_port()}
+        conf_dir, config_dir = folder / "conf", folder / "config"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        config_dir.mkdir(parents=True, exist_ok=True)
+        conf = cluster_configuration(flink, endpoint, ports)
+        (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
+        job = {**job_config, "bootstrap_servers": kafka.bootstrap_servers,
+               "serve_url": f"http://{LOOPBACK}:{free_port()}/rank", "behavior_url": None}
+        (config_dir / "job-config.json").write_text(json.dumps(job))
+        for path in (folder, conf_dir, config_dir, *conf_dir.iterdir(), *config_dir.iterdir()):
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        env = {"FLINK_CONF_DIR": "/rehearsal/conf", "ENABLE_BUILT_IN_PLUGINS": S3_PLUGIN}
+        mounts = {conf_dir: "/rehearsal/conf", config_dir: "/opt/reaseq/config"}
+        jar = flink["spec"]["job"]["jarURI"].removeprefix("local://")
+        jobmanager = FlinkProcess("jobmanager", ["standalone-job.sh", "start-foreground", "--job-classname",
+                                                 flink["spec"]["job"]["entryClass"], "--jars", jar,
+                                                 *flink["spec"]["job"]["args"]],
+                                  mounts, env, folder / "jobmanager.log")
+        stack.callback(jobmanager.close)
+        taskmanager = FlinkProcess("taskmanager", ["taskmanager.sh", "start-foreground"], mounts, env,
+                                   folder / "taskmanager-1.log")
+        stack.callback(lambda: taskmanager.close())
+        producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+        items = job_config["known_items"]
+
+        def send(start: int, count: int) -> None:
+            for n in range(start, start + count):
+                event = Event(f"rehearsal-{n}", f"u{n % 20}", items[n % len(items)], "rate", 1_700_000_000_000 + n)
+                producer.send(TopicsConfig().events, key=event.user_id.encode(), value=event.to_json())
+            producer.flush()
+
+        send(0, events)
+        job_id = wait_for("the job to run", lambda: next((j["jid"] for j in rest(ports["rest"], "/jobs/overview")
+                                                          ["jobs"] if j["state"] == "RUNNING"), None), timeout_s)
+
+        def completed() -> dict[str, Any] | None:
+            latest = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
+            return latest if latest and latest.get("external_path", "").startswith("s3://") else None
+
+        first = wait_for("a checkpoint in S3", completed, timeout_s)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+        found.update(job_id=job_id, first_checkpoint=first["external_path"], checkpoint_id=first["id"],
+                     s3_objects=len(keys), s3_metadata=[k for k in keys if k.endswith("_metadata")][:3])
+        killed_at = time.monotonic()
+        taskmanager.kill()  # SIGKILL: the JVM and everything in the container's process group
+        taskmanager = FlinkProcess("taskmanager", ["taskmanager.sh", "start-foreground"], mounts, env,
+                                   folder / "taskmanager-2.log")
+
+        def restored() -> dict[str, Any] | None:
+            info = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")["latest"].get("restored")
+            state = rest(ports["rest"], f"/jobs/{job_id}")["state"]
+            return info if info and state == "RUNNING" else None
+
+        back = wait_for("the job to restore from S3", restored, timeout_s)
+        send(events, events)
+        after = wait_for("a checkpoint after the restore",
+                         lambda: (c := completed()) and c["id"] > back["id"] and c, timeout_s)
+        found.update(restored_from=back.get("external_path"), restored_checkpoint_id=back.get("id"),
+                     recovery_seconds=round(time.monotonic() - killed_at, 1),
+                     checkpoint_after_restore=after["external_path"],
+                     restarts=rest(ports["rest"], f"/jobs/{job_id}").get("status-counts", {}))
+        producer.close()
+    return found
+
+
+def job_problems(found: dict[str, Any]) -> list[str]:
+    """What the job rehearsal's findings fail on (empty: passed)."""
+    bucket, prefix = s3_location(found["checkpoint_dir"])
+    problems = []
+    for key in ("first_checkpoint", "restored_from", "checkpoint_after_restore"):
+        location = found.get(key) or ""
+        if not location.startswith(f"s3://{bucket}/{prefix}"):
+            problems.append(f"{key} is {location!r}, not under {found['checkpoint_dir']}")
+    if not found.get("s3_metadata"):
+        problems.append("no checkpoint _metadata object in the bucket")
+    return problems
+
+
+def job_part(overlay: str) -> bool:
+    """Rehearse the job and print the outcome; True when it passed."""
+    found = rehearse_job(overlay)
+    problems = job_problems(found)
+    print(f"job ({overlay} overlay's FlinkDeployment, application mode, {' '.join(found['job_args'][:2])}): "
+          + ("passed" if not problems else "FAILED"))
+    print(f"  checkpoint {found.get('checkpoint_id')} at {found.get('first_checkpoint')} "
+          f"({found.get('s3_objects')} objects in the bucket)")
+    print(f"  TaskManager killed → restored from {found.get('restored_from')} in {found.get('recovery_seconds')} s; "
+          f"next checkpoint {found.get('checkpoint_after_restore')}")
+    for problem in problems:
+        print(f"  {problem}")
+    return not problems
+
+
+def serve_part(overlay: str) -> bool:
+    """Rehearse Serve and print the outcome; True when it passed."""
+    found = rehearse_serve(overlay)
+    problems = serve_problems(found)
+    ranked = found.get("rank", [None, {}])[1]
+    print(f"serve ({overlay} overlay's serveConfigV2, no network, interfaces {found.get('interfaces')}): "
+          + ("passed" if not problems else "FAILED"))
+    if ranked:
+        print(f"  /rank → model {ranked.get('model_version')}: {ranked['results'][0]['items'][:5]}")
+    for problem in problems:
+        print(f"  {problem}")
+    if problems:
+        print(found.get("serve_log_tail", ""))
+    return not problems
+
+
+PARTS = {"job": job_part, "serve": serve_part}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.rehearse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=sorted(PARTS), action="append", help="which part (default: all)")
+    parser.add_argument("--overlay", default="dev", choices=list(validate.OVERLAYS))
+    args = parser.parse_args(argv)
+    passed = [PARTS[part](args.overlay) for part in args.part or list(PARTS)]
+    return 0 if all(passed) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
