@@ -51,7 +51,11 @@ class Image:
 FLINK = Image("flink", IMAGES / "flink.Dockerfile", "localhost/reaseq-flink:latest", (
     ("id", "-u"),
     ("java", "-version"),
-    ("python", "-c", "import pyflink, streaming.job, streaming.config; print('pyflink', pyflink.__file__)"),
+    ("bash", "-c", 'test -x "$JAVA_HOME/bin/java" && echo "$JAVA_HOME"'),
+    # everything the job's operators import (the TaskManager's embedded interpreter loads them)
+    ("python", "-c", "import pyflink, streaming.job, streaming.operators, streaming.scoring, streaming.refresher; "
+                     "print('pyflink', pyflink.__file__)"),
+    ("bash", "-c", "ls /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"),  # thread mode embeds the interpreter
     ("bash", "-c", "ls /opt/flink/lib/flink-sql-connector-kafka-*.jar /opt/flink/lib/reaseq-flink-glue-*.jar "
                    "/opt/flink/opt/flink-s3-fs-presto-*.jar /opt/flink/plugins/metrics-prometheus/*.jar"),
     ("/docker-entrypoint.sh", "bash", "-c", "flink --version"),
@@ -171,6 +175,8 @@ def build(image: Image, log: Path, context: Path = ROOT) -> float:
                          "train first (`make demo`, or `reaseq train ranker --dataset ml-100k` and "
                          "`reaseq train behavior --dataset ml-100k`)")
     started = time.monotonic()
+    # vfs keeps every layer as a full copy: drop the image being replaced first (the Ray image is ~6 GB)
+    run(["buildah", *STORAGE, "rmi", "-f", image.tag], log, check=False)
     run(["buildah", *STORAGE, "bud", "--isolation", "chroot", "--pull=never", "--layers=false",
          "--label", f"{INPUTS_LABEL}={inputs_digest(image, context)}",
          "-f", str(image.dockerfile), "-t", image.tag, str(context)], log)

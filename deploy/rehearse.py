@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,13 @@ def cluster_configuration(flink: dict[str, Any], s3_endpoint: str, ports: dict[s
     return conf
 
 
+def flink_conf_dir() -> Path:
+    """PyFlink's default conf/ (the same Flink version as the image's)."""
+    import pyflink
+
+    return Path(pyflink.__file__).parent / "conf"
+
+
 def s3_location(uri: str) -> tuple[str, str]:
     """'s3://bucket/some/prefix' → ('bucket', 'some/prefix'); anything else is refused (it would be local)."""
     parsed = urllib.parse.urlparse(uri)
@@ -233,7 +241,8 @@ class FlinkProcess:
         self.name = name
         self.container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.FLINK.tag]
                                     ).stdout.strip()
-        args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot"]
+        # the host's network; hostname localhost, which Flink resolves for itself
+        args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot", "--hostname", "localhost"]
         for host, inside in mounts.items():
             args += ["-v", f"{host}:{inside}"]
         for key, value in env.items():
@@ -288,6 +297,8 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
         config_dir.mkdir(parents=True, exist_ok=True)
         conf = cluster_configuration(flink, endpoint, ports)
         (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf))
+        for name in ("log4j-console.properties", "logback-console.xml"):  # the operator's conf holds them too
+            shutil.copy2(flink_conf_dir() / name, conf_dir / name)
         job = {**job_config, "bootstrap_servers": kafka.bootstrap_servers,
                "serve_url": f"http://{LOOPBACK}:{free_port()}/rank", "behavior_url": None}
         (config_dir / "job-config.json").write_text(json.dumps(job))
@@ -297,7 +308,7 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
         mounts = {conf_dir: "/rehearsal/conf", config_dir: "/opt/reaseq/config"}
         jar = flink["spec"]["job"]["jarURI"].removeprefix("local://")
         jobmanager = FlinkProcess("jobmanager", ["standalone-job.sh", "start-foreground", "--job-classname",
-                                                 flink["spec"]["job"]["entryClass"], "--jars", jar,
+                                                 flink["spec"]["job"]["entryClass"], "--jars", jar, "--",
                                                  *flink["spec"]["job"]["args"]],
                                   mounts, env, folder / "jobmanager.log")
         stack.callback(jobmanager.close)

@@ -263,3 +263,15 @@ def test_disruption_budgets_count_pods_their_controllers_cannot_scale(overlay, r
     minAvailable protects them."""
     for pdb in (d for d in rendered[overlay] if d["kind"] == "PodDisruptionBudget"):
         assert "maxUnavailable" not in pdb["spec"] and isinstance(pdb["spec"]["minAvailable"], int), pdb
+
+
+def test_the_flink_configuration_opens_what_flink_needs_on_java_17(rendered):
+    """The operator's configuration replaces the distribution's conf/config.yaml, whose Java 17 module flags
+    the job needs at submission: the FlinkDeployment must carry every one of them."""
+    import pyflink
+
+    default = yaml.safe_load((validate.Path(pyflink.__file__).parent / "conf" / "config.yaml").read_text())
+    needed = set(default["env"]["java"]["opts"]["all"].split())
+    for overlay in validate.OVERLAYS:
+        conf = _one(rendered[overlay], "FlinkDeployment")["spec"]["flinkConfiguration"]
+        assert needed <= set(conf.get("env.java.opts.all", "").split()), overlay

@@ -23,7 +23,7 @@ COPY monitoring monitoring
 COPY bench bench
 RUN --mount=type=cache,target=/root/.cache/pip python3 -m venv /opt/reaseq/venv \
     && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
-       apache-flink pyyaml numpy kafka-python prometheus-client tqdm \
+       apache-flink pyyaml numpy kafka-python prometheus-client tqdm pydantic \
     && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check --no-deps .
 # connector + glue jars into FLINK_HOME/lib, the S3 plugin into FLINK_HOME/opt (Maven: build stage only)
 RUN --mount=type=cache,target=/root/.m2 flink_home=/opt/reaseq/venv/lib/python3.11/site-packages/pyflink \
@@ -32,19 +32,25 @@ RUN --mount=type=cache,target=/root/.m2 flink_home=/opt/reaseq/venv/lib/python3.
     && rm -rf /tmp/reaseq-cache
 
 FROM ${BASE}
+# libpython3.11: in thread mode the TaskManager's JVM loads the interpreter as a shared library (pemja)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 openjdk-17-jre-headless procps \
+    && apt-get install -y --no-install-recommends python3 libpython3.11 openjdk-17-jre-headless procps \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 9999 flink \
     && useradd --system --uid 9999 --gid flink --home-dir /opt/flink --no-create-home flink
 COPY --from=build /opt/reaseq/venv /opt/reaseq/venv
 COPY deploy/images/flink-entrypoint.sh /docker-entrypoint.sh
-# /opt/flink as in Flink's own images (the operator's defaults point there); logs and enabled plugins writable
+# /opt/flink as in Flink's own images (the operator's defaults point there); writable for the flink user: logs,
+# enabled plugins, conf, and artifacts/ where application mode copies the job's jar (user.artifacts.base-dir)
 RUN ln -s /opt/reaseq/venv/lib/python3.11/site-packages/pyflink /opt/flink \
-    && chown -R flink:flink /opt/flink/log /opt/flink/plugins /opt/flink/conf
+    && mkdir -p /opt/flink/artifacts /opt/flink/usrlib \
+    && chown -R flink:flink /opt/flink/log /opt/flink/plugins /opt/flink/conf /opt/flink/artifacts /opt/flink/usrlib
 # PYTHONPATH: in thread mode the job's Python runs inside the TaskManager's JVM (pemja), which does not
 # read the venv's site-packages on its own (pemja and this project live there)
-ENV FLINK_HOME=/opt/flink \
+# JAVA_HOME: Flink's scripts export it (empty when unset), and PyFlink then looks for "bin/java" relative to it
+# when the job's Python needs a gateway in the TaskManager (state TTL settings) — set, as in Flink's own images
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+    FLINK_HOME=/opt/flink \
     PATH=/opt/reaseq/venv/bin:/opt/flink/bin:$PATH \
     PYTHONPATH=/opt/reaseq/venv/lib/python3.11/site-packages
 USER 9999:9999
