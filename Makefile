@@ -38,11 +38,11 @@ tools:
 # The Flink and Ray images, built here with buildah on a debootstrapped Debian 12 (deploy/images.py); an image
 # whose inputs did not change is not rebuilt. The Ray image bakes in the trained artifacts (make demo).
 images: setup jvm tools
-	$(PY) -m deploy.images
+	$(VENV)/bin/reaseq deploy images
 
 # Run the job and Serve from the rendered manifests inside the images (deploy/rehearse.py).
 rehearse: images
-	$(PY) -m deploy.rehearse
+	$(VENV)/bin/reaseq deploy rehearse
 
 demo: setup jvm
 	$(VENV)/bin/reaseq demo

@@ -353,7 +353,7 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
         found.update(restored_from=back.get("external_path"), restored_checkpoint_id=back.get("id"),
                      recovery_seconds=round(time.monotonic() - killed_at, 1),
                      checkpoint_after_restore=after["external_path"],
-                     restarts=rest(ports["rest"], f"/jobs/{job_id}").get("status-counts", {}))
+                     vertex_states=rest(ports["rest"], f"/jobs/{job_id}").get("status-counts", {}))
         producer.close()
     return found
 

@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_knowledge_arguments(knowledge)
 
+    deploy = commands.add_parser("deploy", help="build the container images and rehearse the deployment here")
+    deploy_cmds = deploy.add_subparsers(dest="deploy_command", required=True)
+    for name, text in (("images", "build the Flink and Ray images with buildah and smoke-test them (make images)"),
+                       ("rehearse", "run the job and Serve from the rendered manifests inside the images")):
+        sub = deploy_cmds.add_parser(name, help=text, add_help=False)  # --help goes to the module's own parser
+        sub.add_argument("rest", nargs=argparse.REMAINDER)
+
     from reaseq import demo as demo_module
 
     demo = commands.add_parser("demo", help=demo_module.HELP, description=demo_module.HELP)
@@ -210,7 +217,12 @@ def _add_stream_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "deploy":  # its options (and --help) belong to deploy/images.py, rehearse.py
+        args.rest = [*unknown, *args.rest]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)  # "group_id is None" every poll
@@ -220,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranking.data import DatasetError
 
     handlers = {"data": _data, "train": _train, "infer": _infer, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
-                "stream": _stream, "knowledge": _knowledge}
+                "stream": _stream, "knowledge": _knowledge, "deploy": _deploy}
     try:
         return handlers[args.command](args)
     except (DatasetError, ConfigError, FileNotFoundError, ValueError) as error:
@@ -471,6 +483,16 @@ def _stream(args: argparse.Namespace) -> int:
                   lambda n: print(f"\rsent {n:,}/{len(events):,}", end="", flush=True))
     print(f"\nreplayed {sent:,} events")
     return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    if args.deploy_command == "images":
+        from deploy.images import main as images_main
+
+        return images_main(args.rest)
+    from deploy.rehearse import main as rehearse_main
+
+    return rehearse_main(args.rest)
 
 
 def _knowledge(args: argparse.Namespace) -> int:
