@@ -275,3 +275,14 @@ def test_the_flink_configuration_opens_what_flink_needs_on_java_17(rendered):
     for overlay in validate.OVERLAYS:
         conf = _one(rendered[overlay], "FlinkDeployment")["spec"]["flinkConfiguration"]
         assert needed <= set(conf.get("env.java.opts.all", "").split()), overlay
+
+
+@pytest.mark.parametrize("overlay", validate.OVERLAYS)
+def test_prometheus_finds_the_rules_and_monitors_and_kuberay_fields_are_current(overlay, rendered):
+    """kube-prometheus-stack selects by its release label; KubeRay's unhealthy-threshold fields are deprecated."""
+    docs = rendered[overlay]
+    for doc in docs:
+        if doc["kind"] in ("PodMonitor", "PrometheusRule"):
+            assert doc["metadata"]["labels"].get("release") == "kube-prometheus-stack", doc["metadata"]["name"]
+        if doc["kind"] == "RayService":
+            assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(doc["spec"])
