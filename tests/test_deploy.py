@@ -286,3 +286,11 @@ def test_prometheus_finds_the_rules_and_monitors_and_kuberay_fields_are_current(
             assert doc["metadata"]["labels"].get("release") == "kube-prometheus-stack", doc["metadata"]["name"]
         if doc["kind"] == "RayService":
             assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(doc["spec"])
+
+
+@pytest.mark.parametrize("overlay", validate.OVERLAYS)
+def test_network_policies_name_no_other_namespace(overlay, rendered):
+    """Operators and Prometheus live where the cluster owner put them: policies select labelled namespaces."""
+    for policy in (d for d in rendered[overlay] if d["kind"] == "NetworkPolicy"):
+        text = yaml.safe_dump(policy["spec"])
+        assert "kubernetes.io/metadata.name" not in text, policy["metadata"]["name"]
