@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -166,6 +167,8 @@ def cluster_configuration(flink: dict[str, Any], s3_endpoint: str, ports: dict[s
         "taskmanager.host": LOOPBACK, "taskmanager.bind-host": LOOPBACK,
         "metrics.reporter.prom.port": f"{ports['metrics']}-{ports['metrics'] + 1}",
         "high-availability.type": "none",
+        # Kubernetes tells the JobManager at once when a TaskManager pod dies; standalone, only the heartbeat does
+        "heartbeat.timeout": "10000", "heartbeat.interval": "2000",
         "s3.endpoint": s3_endpoint, "s3.path.style.access": "true",
         "s3.access-key": "rehearsal", "s3.secret-key": "rehearsal",
     })
@@ -237,8 +240,7 @@ def wait_for(what: str, check, timeout_s: float, every_s: float = 2.0):
 class FlinkProcess:
     """One Flink process (JobManager or TaskManager) run inside a container of the Flink image."""
 
-    def __init__(self, name: str, command: list[str], mounts: dict[Path, str], env: dict[str, str], log: Path):
-        self.name = name
+    def __init__(self, command: list[str], mounts: dict[Path, str], env: dict[str, str], log: Path):
         self.container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.FLINK.tag]
                                     ).stdout.strip()
         # the host's network; hostname localhost, which Flink resolves for itself
@@ -251,15 +253,9 @@ class FlinkProcess:
         self.process = subprocess.Popen([*args, self.container, "--", "/docker-entrypoint.sh", *command],
                                         stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def java_pids(self, marker: str) -> list[int]:
-        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
-        return [int(p) for p in found]
-
     def kill(self) -> None:
         """SIGKILL the whole process group (buildah run and the JVM inside)."""
         with contextlib.suppress(ProcessLookupError):
-            import os
-
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 
@@ -307,12 +303,12 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
         env = {"FLINK_CONF_DIR": "/rehearsal/conf", "ENABLE_BUILT_IN_PLUGINS": S3_PLUGIN}
         mounts = {conf_dir: "/rehearsal/conf", config_dir: "/opt/reaseq/config"}
         jar = flink["spec"]["job"]["jarURI"].removeprefix("local://")
-        jobmanager = FlinkProcess("jobmanager", ["standalone-job.sh", "start-foreground", "--job-classname",
+        jobmanager = FlinkProcess(["standalone-job.sh", "start-foreground", "--job-classname",
                                                  flink["spec"]["job"]["entryClass"], "--jars", jar, "--",
                                                  *flink["spec"]["job"]["args"]],
                                   mounts, env, folder / "jobmanager.log")
         stack.callback(jobmanager.close)
-        taskmanager = FlinkProcess("taskmanager", ["taskmanager.sh", "start-foreground"], mounts, env,
+        taskmanager = FlinkProcess(["taskmanager.sh", "start-foreground"], mounts, env,
                                    folder / "taskmanager-1.log")
         stack.callback(lambda: taskmanager.close())
         producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
@@ -338,7 +334,7 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
                      s3_objects=len(keys), s3_metadata=[k for k in keys if k.endswith("_metadata")][:3])
         killed_at = time.monotonic()
         taskmanager.kill()  # SIGKILL: the JVM and everything in the container's process group
-        taskmanager = FlinkProcess("taskmanager", ["taskmanager.sh", "start-foreground"], mounts, env,
+        taskmanager = FlinkProcess(["taskmanager.sh", "start-foreground"], mounts, env,
                                    folder / "taskmanager-2.log")
 
         def restored() -> dict[str, Any] | None:
@@ -348,8 +344,14 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
 
         back = wait_for("the job to restore from S3", restored, timeout_s)
         send(events, events)
-        after = wait_for("a checkpoint after the restore",
-                         lambda: (c := completed()) and c["id"] > back["id"] and c, timeout_s)
+        try:
+            after = wait_for("a checkpoint after the restore",
+                             lambda: (c := completed()) and c["id"] > back["id"] and c, timeout_s)
+        except RuntimeError as error:  # say why: the job's state and its checkpoints' counts and last failure
+            details = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")
+            state = rest(ports["rest"], f"/jobs/{job_id}")["state"]
+            raise RuntimeError(f"{error}; job {state}, checkpoints {details.get('counts')}, last failed "
+                               f"{(details.get('latest') or {}).get('failed')}") from error
         found.update(restored_from=back.get("external_path"), restored_checkpoint_id=back.get("id"),
                      recovery_seconds=round(time.monotonic() - killed_at, 1),
                      checkpoint_after_restore=after["external_path"],
