@@ -167,8 +167,9 @@ def built_digest(tag: str) -> str | None:
     return value if done.returncode == 0 and value and value != "<no value>" else None
 
 
-def build(image: Image, log: Path, context: Path = ROOT) -> float:
-    """buildah bud the image (context: the repository root); returns seconds."""
+def build(image: Image, log: Path, context: Path = ROOT, digest: str | None = None) -> float:
+    """buildah bud the image (context: the repository root; `digest`: its inputs', when already known);
+    returns seconds."""
     missing = [p for p in image.needs if not (context / p).exists()]
     if missing:
         raise SystemExit(f"the {image.name} image bakes in {', '.join(missing)}, which does not exist yet: "
@@ -178,7 +179,7 @@ def build(image: Image, log: Path, context: Path = ROOT) -> float:
     # vfs keeps every layer as a full copy: drop the image being replaced first (the Ray image is ~6 GB)
     run(["buildah", *STORAGE, "rmi", "-f", image.tag], log, check=False)
     run(["buildah", *STORAGE, "bud", "--isolation", "chroot", "--pull=never", "--layers=false",
-         "--label", f"{INPUTS_LABEL}={inputs_digest(image, context)}",
+         "--label", f"{INPUTS_LABEL}={digest or inputs_digest(image, context)}",
          "-f", str(image.dockerfile), "-t", image.tag, str(context)], log)
     run(["buildah", *STORAGE, "rmi", "--prune"], log, check=False)  # the replaced image: GBs under vfs
     return time.monotonic() - started
@@ -234,14 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         if missing and args.available:
             print(f"skipping {image.tag}: {', '.join(missing)} not trained yet (make demo trains them)", flush=True)
             continue
+        digest = inputs_digest(image)  # reads every source and artifact: once per image
         if args.smoke_only:
             seconds = 0.0
-        elif not args.force and built_digest(image.tag) == inputs_digest(image):
-            print(f"{image.tag} is up to date with its inputs ({inputs_digest(image)})", flush=True)
+        elif not args.force and built_digest(image.tag) == digest:
+            print(f"{image.tag} is up to date with its inputs ({digest})", flush=True)
             seconds = 0.0
         else:
             print(f"building {image.tag} from {image.dockerfile.relative_to(ROOT)} …", flush=True)
-            seconds = build(image, log)
+            seconds = build(image, log, digest=digest)
         size = size_bytes(image.tag)
         print(f"  built in {seconds:.0f} s, {size / 2**30:.2f} GiB", flush=True)
         if not args.skip_smoke:
