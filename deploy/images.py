@@ -57,10 +57,13 @@ FLINK = Image("flink", IMAGES / "flink.Dockerfile", "localhost/reaseq-flink:late
                      "print('pyflink', pyflink.__file__)"),
     ("bash", "-c", "ls /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"),  # thread mode embeds the interpreter
     ("bash", "-c", "ls /opt/flink/lib/flink-sql-connector-kafka-*.jar /opt/flink/lib/reaseq-flink-glue-*.jar "
-                   "/opt/flink/opt/flink-s3-fs-presto-*.jar /opt/flink/plugins/metrics-prometheus/*.jar"),
-    ("/docker-entrypoint.sh", "bash", "-c", "flink --version"),
-    ("env", "ENABLE_BUILT_IN_PLUGINS=flink-s3-fs-presto-2.3.0.jar", "/docker-entrypoint.sh",
-     "ls", "/opt/flink/plugins/flink-s3-fs-presto-2.3.0"),
+                   "/opt/flink/plugins/s3-fs-presto/flink-s3-fs-presto-*.jar "
+                   "/opt/flink/plugins/metrics-prometheus/*.jar"),
+    ("/docker-entrypoint.sh", "bash", "-c", "FLINK_LOG_DIR=/tmp flink --version"),  # pods: log/ is a volume
+    ("env", "ENABLE_BUILT_IN_PLUGINS=flink-s3-fs-presto-2.3.0.jar", "/docker-entrypoint.sh", "true"),
+    # nothing of the image is the flink user's to write: the pods' root filesystem is read-only
+    ("bash", "-c", "! find / -xdev -user flink -not -path '/proc/*' -not -path '/tmp/*' 2>/dev/null | grep . "
+                   "&& ! touch /opt/flink/log/x"),
     ("bash", "-c", "! command -v mvn && ! command -v javac && ! command -v gcc"),  # no build tools at runtime
 ))
 RAY = Image("ray", IMAGES / "ray.Dockerfile", "localhost/reaseq-ray:latest", (

@@ -32,6 +32,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,39 +83,48 @@ SERVE_PROBE = textwrap.dedent('''
 ''')
 
 
+def rendered_rayservice(overlay: str) -> dict[str, Any]:
+    """The overlay's RayService of the recommender's Serve apps."""
+    docs = validate.load_yaml_docs(validate.kustomize_build(validate.K8S / "overlays" / overlay))
+    return next(d for d in docs if d["kind"] == "RayService" and d["metadata"]["name"] == "reaseq-serve")
+
+
 def rendered_serve_config(overlay: str) -> dict[str, Any]:
     """The RayService's serveConfigV2 as the overlay renders it."""
-    docs = validate.load_yaml_docs(validate.kustomize_build(validate.K8S / "overlays" / overlay))
-    service = next(d for d in docs if d["kind"] == "RayService" and d["metadata"]["name"] == "reaseq-serve")
-    return yaml.safe_load(service["spec"]["serveConfigV2"])
+    return yaml.safe_load(rendered_rayservice(overlay)["spec"]["serveConfigV2"])
 
 
 def rehearse_serve(overlay: str = "dev", timeout_s: float = 420) -> dict[str, Any]:
-    """Serve from the rendered config inside the Ray image with loopback only; returns the probe's findings."""
+    """Serve from the rendered config inside the Ray image, as the worker pods run (their user, read-only root
+    filesystem, emptyDirs), with loopback only; returns the probe's findings."""
     if not images.image_exists(images.RAY.tag):
         raise SystemExit(f"{images.RAY.tag} is not built: run `make images` first")
-    config = rendered_serve_config(overlay)
+    service = rendered_rayservice(overlay)
+    worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    filesystem = pod_filesystem(worker, worker["containers"][0]["name"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "serve-config.yaml").write_text(yaml.safe_dump(config))
-        (folder / "probe.py").write_text(SERVE_PROBE)
-        folder.chmod(0o755)
-        for path in folder.iterdir():
-            path.chmod(0o644)
-        container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.RAY.tag]).stdout.strip()
+        given = folder / "rehearsal"
+        given.mkdir()
+        (given / "serve-config.yaml").write_text(yaml.safe_dump(yaml.safe_load(service["spec"]["serveConfigV2"])))
+        (given / "probe.py").write_text(SERVE_PROBE)
+        for path in (folder, given, *given.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        probe = PodProcess(images.RAY, ["python", "/rehearsal/probe.py", str(int(timeout_s - 60))], filesystem,
+                           {given: "/rehearsal"}, {}, folder / "probe.log", folder / "volumes", network=False)
         try:
-            inner = " ".join(["buildah", *images.STORAGE, "run", "--isolation", "chroot",
-                              "-v", f"{folder}:/rehearsal:ro", container, "--",
-                              "python", "/rehearsal/probe.py", str(int(timeout_s - 60))])
-            done = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {inner}"],
-                                  capture_output=True, text=True, timeout=timeout_s)
+            probe.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
         finally:
-            images.run(["buildah", *images.STORAGE, "rm", container], check=False)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("REHEARSAL ")), None)
+            probe.close()
+        output = (folder / "probe.log").read_text()
+    line = next((ln for ln in output.splitlines() if ln.startswith("REHEARSAL ")), None)
     if line is None:
-        raise RuntimeError(f"the Serve probe printed no result (exit {done.returncode}):\n"
-                           f"{(done.stdout + done.stderr)[-3000:]}")
-    return json.loads(line.removeprefix("REHEARSAL "))
+        raise RuntimeError(f"the Serve probe printed no result:\n{output[-3000:]}")
+    found = json.loads(line.removeprefix("REHEARSAL "))
+    found.update(read_only_root=filesystem.read_only_root, writable_volumes=sorted(filesystem.empty_dirs))
+    return found
 
 
 def serve_problems(found: dict[str, Any]) -> list[str]:
@@ -134,7 +144,6 @@ def serve_problems(found: dict[str, Any]) -> list[str]:
 
 
 LOOPBACK = "127.0.0.1"
-S3_PLUGIN = "flink-s3-fs-presto-2.3.0.jar"
 
 
 def rendered_flink(overlay: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -237,24 +246,88 @@ def wait_for(what: str, check, timeout_s: float, every_s: float = 2.0):
     raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
 
 
-class FlinkProcess:
-    """One Flink process (JobManager or TaskManager) run inside a container of the Flink image."""
+def resolve_in_image(root: Path, path: str) -> str:
+    """`path` inside the image whose root filesystem is at `root`, with the image's symlinks followed (as the
+    container runtime does for a volume's mountPath: /opt/flink/log is under PyFlink's distribution here)."""
+    resolved: list[str] = []
+    pending = [part for part in path.split("/") if part]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            resolved = resolved[:-1]
+            continue
+        candidate = root.joinpath(*resolved, part)
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ValueError(f"{path}: too many symlinks in the image")
+            target = os.readlink(candidate)
+            pending = [p for p in target.split("/") if p] + pending
+            if target.startswith("/"):
+                resolved = []
+            continue
+        resolved.append(part)
+    return "/" + "/".join(resolved)
 
-    def __init__(self, command: list[str], mounts: dict[Path, str], env: dict[str, str], log: Path):
-        self.container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", images.FLINK.tag]
-                                    ).stdout.strip()
+
+@dataclass(frozen=True)
+class PodFilesystem:
+    """What a pod's container sees of the filesystem: the user it runs as, whether its root filesystem is
+    read-only, and its emptyDir volumes (mountPath → name)."""
+
+    uid: int
+    gid: int
+    read_only_root: bool
+    empty_dirs: dict[str, str]
+
+
+def pod_filesystem(pod_spec: dict[str, Any], container: str) -> PodFilesystem:
+    """The rendered pod spec's filesystem for `container` (its securityContext over the pod's)."""
+    main = next(c for c in pod_spec["containers"] if c["name"] == container)
+    pod_security, security = pod_spec.get("securityContext", {}), main.get("securityContext", {})
+    uid = security.get("runAsUser", pod_security.get("runAsUser"))
+    gid = security.get("runAsGroup", pod_security.get("runAsGroup", pod_security.get("fsGroup", uid)))
+    empty = {v["name"] for v in pod_spec.get("volumes", []) if "emptyDir" in v}
+    return PodFilesystem(int(uid), int(gid), bool(security.get("readOnlyRootFilesystem")),
+                         {m["mountPath"]: m["name"] for m in main.get("volumeMounts", []) if m["name"] in empty})
+
+
+class PodProcess:
+    """One process run inside a container of `image` as the pod would run it: as the pod's user, with a
+    read-only root filesystem when the pod says so (remounted before the user's process starts), fresh
+    directories for its emptyDir volumes, and `mounts` (host → path) for what Kubernetes would mount."""
+
+    def __init__(self, image: images.Image, command: list[str], filesystem: PodFilesystem, mounts: dict[Path, str],
+                 env: dict[str, str], log: Path, scratch: Path, network: bool = True):
+        self.container = images.run(["buildah", *images.STORAGE, "from", "--pull=never", image.tag]).stdout.strip()
+        root = Path(images.run(["buildah", *images.STORAGE, "mount", self.container]).stdout.strip())
+        volumes = dict(mounts)
+        for path, name in filesystem.empty_dirs.items():
+            host = scratch / name
+            host.mkdir(parents=True, exist_ok=True)
+            host.chmod(0o777)
+            volumes[host] = path
         # the host's network; hostname localhost, which Flink resolves for itself
-        args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot", "--hostname", "localhost"]
-        for host, inside in mounts.items():
-            args += ["-v", f"{host}:{inside}"]
-        for key, value in env.items():
+        args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot", "--hostname", "localhost",
+                "--user", "0:0", "--cap-add", "CAP_SYS_ADMIN"]
+        for host, inside in volumes.items():
+            args += ["-v", f"{host}:{resolve_in_image(root, inside)}"]
+        home = next((line.split(":")[5] for line in (root / "etc/passwd").read_text().splitlines()
+                     if line.split(":")[2] == str(filesystem.uid)), "/")
+        for key, value in {"HOME": home, **env}.items():
             args += ["-e", f"{key}={value}"]
+        remount = "mount -o remount,bind,ro / && " if filesystem.read_only_root else ""
+        drop = (f"exec setpriv --reuid {filesystem.uid} --regid {filesystem.gid} --clear-groups "
+                "--inh-caps=-all --bounding-set=-all \"$@\"")
+        args = [*args, self.container, "--", "sh", "-c", remount + drop, "sh", *command]
+        if not network:  # a network namespace with loopback only
+            args = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *args]
         self.out = log.open("w")
-        self.process = subprocess.Popen([*args, self.container, "--", "/docker-entrypoint.sh", *command],
-                                        stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (buildah run and the JVM inside)."""
+        """SIGKILL the whole process group (buildah run and everything inside)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
@@ -300,16 +373,21 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
         (config_dir / "job-config.json").write_text(json.dumps(job))
         for path in (folder, conf_dir, config_dir, *conf_dir.iterdir(), *config_dir.iterdir()):
             path.chmod(0o777 if path.is_dir() else 0o666)
-        env = {"FLINK_CONF_DIR": "/rehearsal/conf", "ENABLE_BUILT_IN_PLUGINS": S3_PLUGIN}
+        env = {"FLINK_CONF_DIR": "/rehearsal/conf"}
         mounts = {conf_dir: "/rehearsal/conf", config_dir: "/opt/reaseq/config"}
+        filesystem = pod_filesystem(flink["spec"]["podTemplate"]["spec"], "flink-main-container")
+        found["read_only_root"], found["writable_volumes"] = filesystem.read_only_root, sorted(filesystem.empty_dirs)
         jar = flink["spec"]["job"]["jarURI"].removeprefix("local://")
-        jobmanager = FlinkProcess(["standalone-job.sh", "start-foreground", "--job-classname",
-                                                 flink["spec"]["job"]["entryClass"], "--jars", jar, "--",
-                                                 *flink["spec"]["job"]["args"]],
-                                  mounts, env, folder / "jobmanager.log")
+
+        def start(role: str, command: list[str]) -> PodProcess:
+            return PodProcess(images.FLINK, ["/docker-entrypoint.sh", *command], filesystem, mounts, env,
+                              folder / f"{role}.log", folder / "volumes" / role)
+
+        jobmanager = start("jobmanager", ["standalone-job.sh", "start-foreground", "--job-classname",
+                                          flink["spec"]["job"]["entryClass"], "--jars", jar, "--",
+                                          *flink["spec"]["job"]["args"]])
         stack.callback(jobmanager.close)
-        taskmanager = FlinkProcess(["taskmanager.sh", "start-foreground"], mounts, env,
-                                   folder / "taskmanager-1.log")
+        taskmanager = start("taskmanager-1", ["taskmanager.sh", "start-foreground"])
         stack.callback(lambda: taskmanager.close())
         producer = KafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
         items = job_config["known_items"]
@@ -334,8 +412,7 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
                      s3_objects=len(keys), s3_metadata=[k for k in keys if k.endswith("_metadata")][:3])
         killed_at = time.monotonic()
         taskmanager.kill()  # SIGKILL: the JVM and everything in the container's process group
-        taskmanager = FlinkProcess(["taskmanager.sh", "start-foreground"], mounts, env,
-                                   folder / "taskmanager-2.log")
+        taskmanager = start("taskmanager-2", ["taskmanager.sh", "start-foreground"])
 
         def restored() -> dict[str, Any] | None:
             info = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")["latest"].get("restored")

@@ -26,7 +26,7 @@ KUBERNETES_VALIDATE = "kubernetes-validate==1.37.0"
 # Kubernetes kinds the manifests use (kubeconform file stems)
 NATIVE_KINDS = ("configmap-v1", "namespace-v1", "service-v1", "serviceaccount-v1", "secret-v1",
                 "role-rbac-v1", "rolebinding-rbac-v1", "poddisruptionbudget-policy-v1",
-                "networkpolicy-networking-v1", "persistentvolumeclaim-v1")
+                "networkpolicy-networking-v1", "persistentvolumeclaim-v1", "job-batch-v1")
 _REF = re.compile(r"^(?:/api/_definitions\.json)?#/\$defs/(.+)$")
 
 

