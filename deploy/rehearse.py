@@ -12,6 +12,12 @@ built images (`make images`), on this machine.
 - serve: the RayService's rendered `serveConfigV2` started with `serve run` inside the Ray image, in a
   network namespace that has only loopback (`unshare -n`): both applications must become healthy from what
   the image holds, and a request to each is answered.
+- llm (prod overlay): the LLM's models volume filled by the reaseq-llm-weights Job's container, the LLM
+  workers' init container check passing on it with no network, and the model file the LLM's Serve config
+  names answering a question.
+
+Every container runs as its pod runs it: the pod's user, and a read-only root filesystem (remounted before
+the process starts) with only its emptyDir volumes writable.
 
 Each part prints what it checked and exits non-zero when a check fails.
 """
@@ -311,8 +317,9 @@ class PodProcess:
         # the host's network; hostname localhost, which Flink resolves for itself
         args = ["buildah", *images.STORAGE, "run", "--isolation", "chroot", "--hostname", "localhost",
                 "--user", "0:0", "--cap-add", "CAP_SYS_ADMIN"]
-        for host, inside in volumes.items():
-            args += ["-v", f"{host}:{resolve_in_image(root, inside)}"]
+        for host, inside in volumes.items():  # inside: a path, or "path:ro"
+            path, _, mode = inside.partition(":")
+            args += ["-v", f"{host}:{resolve_in_image(root, path)}" + (f":{mode}" if mode else "")]
         home = next((line.split(":")[5] for line in (root / "etc/passwd").read_text().splitlines()
                      if line.split(":")[2] == str(filesystem.uid)), "/")
         for key, value in {"HOME": home, **env}.items():
@@ -481,7 +488,120 @@ def serve_part(overlay: str) -> bool:
     return not problems
 
 
-PARTS = {"job": job_part, "serve": serve_part}
+def rendered_llm(overlay: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The overlay's LLM weights Job, the LLM worker pod spec, and the model file its Serve config loads."""
+    docs = validate.load_yaml_docs(validate.kustomize_build(validate.K8S / "overlays" / overlay))
+    job = next((d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "reaseq-llm-weights"), None)
+    if job is None:
+        raise SystemExit(f"the {overlay} overlay has no LLM component (components/llm): use --overlay prod")
+    service = next(d for d in docs if d["kind"] == "RayService" and d["metadata"]["name"] == "reaseq-llm")
+    worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    source = config["applications"][0]["args"]["llm_configs"][0]["model_loading_config"]["model_source"]
+    return job, worker, source
+
+
+def _claim_mount(pod_spec: dict[str, Any], container: dict[str, Any], claim: str) -> tuple[str, bool]:
+    """Where `container` mounts the PersistentVolumeClaim `claim`, and whether read-only."""
+    names = {v["name"] for v in pod_spec["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim}
+    mount = next(m for m in container["volumeMounts"] if m["name"] in names)
+    return mount["mountPath"], bool(mount.get("readOnly"))
+
+
+def rehearse_llm(overlay: str = "prod", work: Path | None = None, timeout_s: float = 1200) -> dict[str, Any]:
+    """The LLM's models volume filled by the step the manifests define — the weights Job's container, run in
+    its image as its pod runs (read-only root, its emptyDirs, with network: it downloads) — then the LLM
+    workers' init container check run with no network on the same volume mounted read-only, and the file the
+    Serve config loads answering a question (llama.cpp here: vLLM needs the GPU node)."""
+    job, worker, source = rendered_llm(overlay)
+    pod = job["spec"]["template"]["spec"]
+    fill = pod["containers"][0]
+    claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    image = next(i for i in images.ALL.values() if i.tag.endswith("/" + fill["image"]))
+    if not images.image_exists(image.tag):
+        raise SystemExit(f"{image.tag} is not built: run `make images` first")
+    found: dict[str, Any] = {"job_command": fill["command"], "model_source": source}
+    with contextlib.ExitStack() as stack:
+        folder = Path(work or stack.enter_context(tempfile.TemporaryDirectory(prefix="reaseq-rehearsal-llm-")))
+        volume = folder / "volume"
+        volume.mkdir(parents=True, exist_ok=True)
+        volume.chmod(0o777)  # the PVC, group-writable for the pod's fsGroup
+        job_path, _ = _claim_mount(pod, fill, claim)
+        env = {e["name"]: e["value"] for e in fill.get("env", [])}
+        started = time.monotonic()
+        filler = PodProcess(image, fill["command"], pod_filesystem(pod, fill["name"]), {volume: job_path}, env,
+                            folder / "fill.log", folder / "fill-volumes")
+        try:
+            found["job_exit"] = filler.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            found["job_exit"] = None
+        finally:
+            filler.close()
+        found["job_seconds"] = round(time.monotonic() - started, 1)
+        found["job_log_tail"] = (folder / "fill.log").read_text()[-1500:]
+        init = worker["initContainers"][0]
+        init_path, read_only = _claim_mount(worker, init, claim)
+        checker = PodProcess(image, init["command"], pod_filesystem(worker, init["name"]),
+                             {volume: init_path + (":ro" if read_only else "")}, {}, folder / "check.log",
+                             folder / "check-volumes", network=False)
+        try:
+            found["check_exit"] = checker.process.wait(300)
+        finally:
+            checker.close()
+        found["check_log"] = (folder / "check.log").read_text()[-800:]
+        worker_path, _ = _claim_mount(worker, worker["containers"][0], claim)
+        model_file = volume / Path(source).relative_to(worker_path)
+        found["model_file_bytes"] = model_file.stat().st_size if model_file.is_file() else None
+        if found["model_file_bytes"]:
+            found["answer"] = _ask(model_file, "Who directed the film Star Wars (1977)? Answer with the name only.")
+    return found
+
+
+def _ask(model_file: Path, question: str) -> str:
+    """One greedy chat answer from the GGUF at `model_file`, served by llama.cpp on 127.0.0.1."""
+    from inference.knowledge.llama_server import LlamaServer, ServerConfig
+
+    with LlamaServer(model_path=model_file, config=ServerConfig(n_threads=2, nice=0)) as server:
+        body = json.dumps({"model": server.model, "temperature": 0, "max_tokens": 24,
+                           "messages": [{"role": "user", "content": question}]}).encode()
+        request = urllib.request.Request(f"{server.base_url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())["choices"][0]["message"]["content"].strip()
+
+
+def llm_problems(found: dict[str, Any]) -> list[str]:
+    """What the LLM rehearsal's findings fail on (empty: passed)."""
+    problems = []
+    if found.get("job_exit") != 0:
+        problems.append(f"the weights Job's container exited {found.get('job_exit')}: {found.get('job_log_tail')}")
+    if found.get("check_exit") != 0:
+        problems.append(f"the workers' init check exited {found.get('check_exit')}: {found.get('check_log')}")
+    if not found.get("model_file_bytes"):
+        problems.append(f"the Serve config's model_source {found.get('model_source')} is not on the filled volume")
+    if not found.get("answer"):
+        problems.append("the filled weights did not answer a question")
+    return problems
+
+
+def llm_part(overlay: str) -> bool:
+    """Rehearse the LLM's weights volume and print the outcome; True when it passed."""
+    overlay = "prod" if overlay == "dev" else overlay  # only prod carries the LLM component
+    found = rehearse_llm(overlay)
+    problems = llm_problems(found)
+    print(f"llm ({overlay} overlay's reaseq-llm-weights Job and the LLM workers' init check): "
+          + ("passed" if not problems else "FAILED"))
+    print(f"  {' '.join(found['job_command'])} → exit {found.get('job_exit')} in {found.get('job_seconds')} s; "
+          f"{found.get('model_source')}: {found.get('model_file_bytes')} bytes")
+    print(f"  init check, no network, volume read-only → exit {found.get('check_exit')}: "
+          f"{found.get('check_log', '').strip().splitlines()[-1:]}")
+    print(f"  asked who directed Star Wars (1977): {found.get('answer')!r}")
+    for problem in problems:
+        print(f"  {problem}")
+    return not problems
+
+
+PARTS = {"job": job_part, "serve": serve_part, "llm": llm_part}
 
 
 def main(argv: list[str] | None = None) -> int:
