@@ -61,11 +61,14 @@ DESIGNS = ("noop", "ranker", "ranker+refresh")
 
 
 def _pom_property(name: str) -> str | None:
-    """A version property pinned in streaming/jvm/pom.xml."""
+    """A version property pinned in streaming/jvm/pom.xml (None where the package is installed without the
+    repository's JVM sources, e.g. in the images: the CLI must still start there)."""
     import xml.etree.ElementTree as ElementTree
 
     from streaming.jvm_deps import POM_PATH
 
+    if not POM_PATH.is_file():
+        return None
     root = ElementTree.parse(POM_PATH).getroot()
     found = root.find(f"{{http://maven.apache.org/POM/4.0.0}}properties/{{http://maven.apache.org/POM/4.0.0}}{name}")
     return found.text.strip() if found is not None and found.text else None

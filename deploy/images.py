@@ -74,6 +74,8 @@ RAY = Image("ray", IMAGES / "ray.Dockerfile", "localhost/reaseq-ray:latest", (
                      "print(score_users(r, [{'user_id': 'u', 'recent_items': r.item_ids[:3]}], top_k=3)[0]['items'])"),
     ("python", "-c", "from inference.behavior.reasoner import BehaviorReasoner; "
                      "print('behaviour model', BehaviorReasoner.load('ml-100k', 'cpu').version)"),
+    # the CLI the LLM's weights Job and its workers' init check run, installed without the repository around it
+    ("reaseq", "knowledge", "weights", "--help"),
     ("bash", "-c", "! command -v gcc && ! command -v cc && ! command -v make"),  # no build tools at runtime
 ), needs=("artifacts/ranker/ml-100k/LATEST", "artifacts/behavior/ml-100k/LATEST"))
 ALL = {image.name: image for image in (FLINK, RAY)}

@@ -290,7 +290,7 @@ class PodFilesystem:
 
 def pod_filesystem(pod_spec: dict[str, Any], container: str) -> PodFilesystem:
     """The rendered pod spec's filesystem for `container` (its securityContext over the pod's)."""
-    main = next(c for c in pod_spec["containers"] if c["name"] == container)
+    main = next(c for c in pod_spec.get("initContainers", []) + pod_spec["containers"] if c["name"] == container)
     pod_security, security = pod_spec.get("securityContext", {}), main.get("securityContext", {})
     uid = security.get("runAsUser", pod_security.get("runAsUser"))
     gid = security.get("runAsGroup", pod_security.get("runAsGroup", pod_security.get("fsGroup", uid)))
@@ -465,6 +465,7 @@ def job_part(overlay: str) -> bool:
           + ("passed" if not problems else "FAILED"))
     print(f"  checkpoint {found.get('checkpoint_id')} at {found.get('first_checkpoint')} "
           f"({found.get('s3_objects')} objects in the bucket)")
+    print(f"  read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}")
     print(f"  TaskManager killed → restored from {found.get('restored_from')} in {found.get('recovery_seconds')} s; "
           f"next checkpoint {found.get('checkpoint_after_restore')}")
     for problem in problems:
@@ -479,6 +480,7 @@ def serve_part(overlay: str) -> bool:
     ranked = found.get("rank", [None, {}])[1]
     print(f"serve ({overlay} overlay's serveConfigV2, no network, interfaces {found.get('interfaces')}): "
           + ("passed" if not problems else "FAILED"))
+    print(f"  read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}")
     if ranked:
         print(f"  /rank → model {ranked.get('model_version')}: {ranked['results'][0]['items'][:5]}")
     for problem in problems:

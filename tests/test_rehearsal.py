@@ -86,7 +86,7 @@ def test_the_pod_filesystem_is_read_from_the_rendered_pod():
     assert set(filesystem.empty_dirs) == {"/tmp", "/opt/flink/log", "/opt/flink/artifacts"}
     worker = rehearse.rendered_rayservice("dev")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
     ray = rehearse.pod_filesystem(worker["spec"], "ray-worker")
-    assert ray.read_only_root and ray.uid == 1000 and set(ray.empty_dirs) == {"/tmp"}
+    assert ray.read_only_root and ray.uid == 1000 and set(ray.empty_dirs) == {"/tmp", "/home/ray"}
 
 
 def test_llm_findings_fail_without_a_filled_volume_or_an_answer():
