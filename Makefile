@@ -40,7 +40,7 @@ tools:
 images: setup jvm tools
 	$(VENV)/bin/reaseq deploy images
 
-# Run the job and Serve from the rendered manifests inside the images (deploy/rehearse.py).
+# Run the job, Serve and the LLM weights step from the rendered manifests inside the images (deploy/rehearse.py).
 rehearse: images
 	$(VENV)/bin/reaseq deploy rehearse
 

@@ -46,6 +46,7 @@ class Image:
     tag: str
     smoke: tuple[tuple[str, ...], ...]
     needs: tuple[str, ...] = ()  # paths under the repository root the build context must hold
+    default: bool = True  # built by `make images`; otherwise only when named with --only
 
 
 FLINK = Image("flink", IMAGES / "flink.Dockerfile", "localhost/reaseq-flink:latest", (
@@ -78,7 +79,14 @@ RAY = Image("ray", IMAGES / "ray.Dockerfile", "localhost/reaseq-ray:latest", (
     ("reaseq", "knowledge", "weights", "--help"),
     ("bash", "-c", "! command -v gcc && ! command -v cc && ! command -v make"),  # no build tools at runtime
 ), needs=("artifacts/ranker/ml-100k/LATEST", "artifacts/behavior/ml-100k/LATEST"))
-ALL = {image.name: image for image in (FLINK, RAY)}
+RAY_LLM = Image("ray-llm", IMAGES / "ray-llm.Dockerfile", "localhost/reaseq-ray-llm:latest", (
+    ("id", "-u"),
+    ("python", "-c", "import vllm, ray; from ray.serve.llm import build_openai_app, LLMConfig; "
+                     "print('vllm', vllm.__version__, 'ray', ray.__version__)"),
+    ("python", "-c", "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"),
+    ("bash", "-c", "! command -v gcc && ! command -v cc && ! command -v make"),  # no build tools at runtime
+), default=False)
+ALL = {image.name: image for image in (FLINK, RAY, RAY_LLM)}
 
 
 def run(args: list[str], log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -234,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     log.write_text("")
     print(f"base {BASE_NAME}: {ensure_base(log)} (log: {log})", flush=True)
     rows = []
-    for name in args.only or list(ALL):
+    for name in args.only or [name for name, image in ALL.items() if image.default]:
         image = ALL[name]
         missing = [p for p in image.needs if not (ROOT / p).exists()]
         if missing and args.available:

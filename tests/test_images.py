@@ -20,14 +20,18 @@ def _entrypoint(flink_home: Path, plugins: str, *command: str) -> subprocess.Com
     return subprocess.run([str(ENTRYPOINT), *command], env=env, capture_output=True, text=True, timeout=30)
 
 
-def test_the_flink_entrypoint_enables_the_named_plugins_then_runs_the_command(tmp_path):
-    (tmp_path / "opt").mkdir()
-    (tmp_path / "opt" / "flink-s3-fs-presto-2.3.0.jar").write_bytes(b"jar")
+def test_the_flink_entrypoint_runs_the_command_when_the_named_plugins_are_baked_in(tmp_path):
+    """Plugins are baked into plugins/ (the root filesystem is read-only): one ENABLE_BUILT_IN_PLUGINS names
+    must be there already, or the pod stops at once with a message, copying nothing."""
+    (tmp_path / "plugins" / "s3-fs-presto").mkdir(parents=True)
+    (tmp_path / "plugins" / "s3-fs-presto" / "flink-s3-fs-presto-2.3.0.jar").write_bytes(b"jar")
     done = _entrypoint(tmp_path, "flink-s3-fs-presto-2.3.0.jar;", "echo", "started")
     assert done.returncode == 0 and done.stdout.strip() == "started", done.stderr
-    assert (tmp_path / "plugins" / "flink-s3-fs-presto-2.3.0" / "flink-s3-fs-presto-2.3.0.jar").read_bytes() == b"jar"
+    assert _entrypoint(tmp_path, "", "echo", "started").stdout.strip() == "started"
     missing = _entrypoint(tmp_path, "flink-s3-fs-hadoop-2.3.0.jar", "echo", "started")
-    assert missing.returncode == 1 and "not in" in missing.stderr and "started" not in missing.stdout
+    assert missing.returncode == 1 and "not baked into" in missing.stderr and "started" not in missing.stdout
+    assert "s3-fs-presto/" in missing.stderr
+    assert sorted(p.name for p in (tmp_path / "plugins").iterdir()) == ["s3-fs-presto"]
 
 
 @pytest.mark.skipif(shutil.which("buildah") is None or shutil.which("debootstrap") is None,

@@ -179,7 +179,7 @@ def test_backend_bounds_requests_in_flight(server):
         thread.start()
     for thread in threads:
         thread.join()
-    assert server.hits == 6 and server.max_in_flight == 2
+    assert server.hits == 6 and server.max_in_flight <= 2  # never more than the bound (2 when the machine is idle)
 
 
 # ------------------------------------------------------------------ schema and rules
