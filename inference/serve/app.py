@@ -64,9 +64,11 @@ class BatchedUsersApp:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def batch(self, requests: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
-        started = time.perf_counter()
         flat = [user for users in requests for user in users]
-        results = self.run(flat) if flat else []
+        if not flat:  # only empty requests (the client's probe): no model pass to run, nor to count
+            return [[] for _ in requests]
+        started = time.perf_counter()
+        results = self.run(flat)
         self.metrics.observe(len(requests), len(flat), time.perf_counter() - started)
         return split_results(requests, results)
 

@@ -6,6 +6,7 @@ with a 200 that carries an error nor a 500 (which the client would retry).
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -27,6 +28,15 @@ class UserRequest(BaseModel):
 
 _USERS = TypeAdapter(list[UserRequest])
 
+# an error message quotes what it refuses, bounded: a request value can be megabytes long or deeply nested
+_QUOTE = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 3, 4, 4, 60, 60
+
+
+def quote(value: Any) -> str:
+    """A short repr of a request value for an error message, whatever its size or nesting."""
+    return _QUOTE.repr(value)
+
 
 def users_of(body: Any) -> list[dict[str, Any]] | str:
     """The request's users as plain dicts, or why the body does not have the shape above."""
@@ -45,12 +55,24 @@ async def read_users(request: Request) -> tuple[dict[str, Any], list[dict[str, A
     """(body, users) of a request, or the HTTP 400 reply that says what is wrong with it."""
     try:
         body = await request.json()
-    except ValueError:
-        return JSONResponse({"error": "body is not JSON"}, status_code=400)
+    except RecursionError:  # json.loads recurses once per level of nesting
+        return JSONResponse({"error": "body is nested too deeply to parse"}, status_code=400)
+    except ValueError as error:  # not UTF-8, not JSON, or an integer of over 4300 digits
+        return JSONResponse({"error": f"body is not JSON: {str(error)[:200]}"}, status_code=400)
     users = users_of(body)
     if isinstance(users, str):
         return JSONResponse({"error": users}, status_code=400)
     return body, users
+
+
+def int_option(body: dict[str, Any], name: str, default: int) -> int | str:
+    """The positive integer option `name` of a request body (`default` when absent or null), or why not."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        return f"{name} must be a positive integer, got {quote(value)}"
+    return value
 
 
 def split_results(requests: list[list[Any]], results: list[Any]) -> list[list[Any]]:

@@ -13,6 +13,7 @@ from ray import serve
 from starlette.responses import JSONResponse
 
 from inference.serve.app import BatchedUsersApp, PassMetrics
+from inference.serve.protocol import int_option
 from inference.serve.scoring import LoadedRanker, check_ranker, score_users
 from monitoring import metrics as names
 
@@ -49,9 +50,9 @@ class Ranker(BatchedUsersApp):
         return results
 
     def options(self, body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
-        top_k = body.get("top_k") or self.top_k
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            return JSONResponse({"error": f"top_k must be a positive integer, got {top_k!r}"}, status_code=400)
+        top_k = int_option(body, "top_k", self.top_k)
+        if isinstance(top_k, str):
+            return JSONResponse({"error": top_k}, status_code=400)
         return {"top_k": top_k}
 
     def shape(self, results: list[dict[str, Any]], options: dict[str, Any]) -> list[dict[str, Any]]:
