@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_knowledge_arguments(knowledge)
 
+    cluster = commands.add_parser("cluster", help="a real cluster on this machine: 3 Kafka brokers, a Flink "
+                                  "session cluster, a Ray cluster, the job submitted to it (up, status, down)")
+    from streaming.local.commands import add_arguments as add_cluster_arguments
+    from streaming.local.commands import add_nemesis_arguments
+
+    add_cluster_arguments(cluster)
+    nemesis = bench_cmds.add_parser("nemesis", help="faults under load on the local cluster: SIGKILLed "
+                                    "TaskManagers, Kafka leaders and Ray workers during a steady replay, the "
+                                    "outputs checked against the inputs (lost, duplicated, recovery times)")
+    add_nemesis_arguments(nemesis)
+
     deploy = commands.add_parser("deploy", help="build the container images and rehearse the deployment here")
     deploy_cmds = deploy.add_subparsers(dest="deploy_command", required=True)
     for name, text in (("images", "build the Flink and Ray images with buildah and smoke-test them (make images)"),
@@ -232,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     from ranking.data import DatasetError
 
     handlers = {"data": _data, "train": _train, "infer": _infer, "evaluate": _evaluate, "bench": _bench, "demo": _demo,
-                "stream": _stream, "knowledge": _knowledge, "deploy": _deploy}
+                "stream": _stream, "knowledge": _knowledge, "deploy": _deploy, "cluster": _cluster}
     try:
         return handlers[args.command](args)
     except (DatasetError, ConfigError, FileNotFoundError, ValueError) as error:
@@ -381,6 +392,10 @@ def _bench(args: argparse.Namespace) -> int:
         from bench.stream import main_from_args
 
         return main_from_args(args)
+    if args.bench == "nemesis":
+        from streaming.local.commands import nemesis_main
+
+        return nemesis_main(args)
     from bench.quality import markdown_table, run_quality, write_result
     from ranking.experiment import load_sequences
 
@@ -493,6 +508,12 @@ def _deploy(args: argparse.Namespace) -> int:
     from deploy.rehearse import main as rehearse_main
 
     return rehearse_main(args.rest)
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from streaming.local.commands import main_from_args
+
+    return main_from_args(args)
 
 
 def _knowledge(args: argparse.Namespace) -> int:
