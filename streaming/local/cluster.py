@@ -38,6 +38,10 @@ from streaming.kafka_broker import HOST, free_port, log4j2_properties, new_clust
 from streaming.topics import TopicsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+# Ray rewrites 127.0.0.1 in an address to the machine's network address (so that other machines could join);
+# another loopback address keeps its nodes on loopback. Its GCS listens on every interface whatever it is
+# told (a Ray limitation), so the cluster runs with token authentication and a token of its own.
+RAY_HOST = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -267,7 +271,13 @@ class LocalCluster:
 
     @property
     def ray_address(self) -> str:
-        return f"{HOST}:{self.state.ports['ray-gcs']}"
+        return f"{RAY_HOST}:{self.state.ports['ray-gcs']}"
+
+    @property
+    def ray_env(self) -> dict[str, str]:
+        """What every Ray process and client of this cluster needs: its token, no usage reports."""
+        return {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(self.work / "ray" / "auth_token")}
 
     def members(self, role: str) -> list[Member]:
         return [m for m in self.state.members.values() if m.role == role]
@@ -424,12 +434,17 @@ class LocalCluster:
             return json.loads(reply.read())
 
     def _ray(self, progress) -> None:
+        import secrets
+
         ray = str(Path(sys.executable).with_name("ray"))
-        for name in ("ray-gcs", "serve-http"):
-            self.state.ports[name] = free_port()
-        env = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
-               "PYTHONPATH": str(ROOT)}
-        common = ["--block", "--node-ip-address", HOST, "--num-cpus", "1", "--object-store-memory", str(200 * 2**20)]
+        self.state.ports["ray-gcs"], self.state.ports["serve-http"] = free_port(RAY_HOST), free_port()
+        token = self.work / "ray" / "auth_token"
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        env = {**self.ray_env, "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120", "PYTHONPATH": str(ROOT)}
+        common = ["--block", "--node-ip-address", RAY_HOST, "--num-cpus", "1",
+                  "--object-store-memory", str(200 * 2**20)]
         self._add("ray-head", "ray-head", [ray, "start", "--head", "--port", str(self.state.ports["ray-gcs"]),
                                            "--include-dashboard", "false", "--disable-usage-stats", *common], env)
         self.start("ray-head")
@@ -443,10 +458,10 @@ class LocalCluster:
 
     def ray_nodes(self) -> int:
         """Alive nodes of the Ray cluster (asked with `ray status`-like GCS call in a subprocess)."""
-        code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))")
-        done = subprocess.run([sys.executable, "-c", code, self.ray_address], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        code = ("import ray, sys; ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], log_to_driver=False, "
+                "configure_logging=False); print(sum(1 for n in ray.nodes() if n['Alive']))")
+        done = subprocess.run([sys.executable, "-c", code, self.ray_address, RAY_HOST], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, **self.ray_env})
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
 
     def _serve(self, progress) -> None:
@@ -454,7 +469,7 @@ class LocalCluster:
                                str(self.state.ports["serve-http"]), self.layout.artifact,
                                str(1 + self.layout.ray_workers)],
                               capture_output=True, text=True, timeout=600, cwd=ROOT,
-                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, **self.ray_env, "PYTHONPATH": str(ROOT)})
         if done.returncode != 0:
             raise ClusterError(f"deploying Serve failed:\n{(done.stdout + done.stderr)[-3000:]}")
         progress(f"serve: Ranker ({self.layout.artifact}) at {self.serve_url}, {1 + self.layout.ray_workers} "

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     from inference.serve.local import load_serve_config
     from inference.serve.ranker_app import Ranker
 
-    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    ray.init(address=address, _node_ip_address=address.rsplit(":", 1)[0], log_to_driver=False,
+             configure_logging=False)
     serve.start(http_options={"host": HOST, "port": int(port), "location": "HeadOnly"})
     app = copy.deepcopy(next(a for a in load_serve_config()["applications"] if a["name"] == "ranker"))
     options = dict(app["deployments"][0])

@@ -1,0 +1,87 @@
+"""The local cluster (streaming/local/): the checker's and the nemesis's pure parts always; the cluster
+itself — three KRaft brokers, a Flink session cluster with two TaskManagers, a Ray cluster, the job
+submitted to it — with one TaskManager and one Kafka leader SIGKILLed mid-stream, checked from outside."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streaming.local import checker, nemesis
+from streaming.local.cluster import LocalCluster, kafka_properties, session_processes
+from streaming.topics import TopicsConfig
+
+TOPICS = TopicsConfig()
+
+
+def _scores(user: str, version: int, covered: list[str], offset: int, emit_ts: int = 0) -> checker.Output:
+    body = {"user_id": user, "version": version, "covered": [[e, 0] for e in covered], "emit_ts": emit_ts}
+    return checker.Output(TOPICS.user_scores, 0, offset, emit_ts, body)
+
+
+def test_the_checker_finds_lost_duplicated_and_unknown_events_and_version_regressions():
+    sent = {"e1", "e2", "e3", "e4"}
+    dead = checker.Output(TOPICS.dead_letter, 0, 0, 0, {"reason": "unscorable", "event_ids": ["e4"]})
+    malformed = checker.Output(TOPICS.dead_letter, 0, 1, 0, {"reason": "unparseable", "event_ids": []})
+    good = [_scores("u1", 1, ["e1"], 0), _scores("u1", 3, ["e2", "e3"], 1), dead, malformed]
+    report = checker.check(sent, 1, good, TOPICS)
+    assert report.passed and report.scored == 3 and report.dead_lettered == 1, report.summary()
+    assert not checker.check(sent, 2, good, TOPICS).passed  # a malformed input without its dead letter
+    lost = checker.check(sent, 1, [o for o in good if o.offset != 1 or o.topic != TOPICS.user_scores], TOPICS)
+    assert lost.lost == ["e2", "e3"] and not lost.passed
+    duplicated = checker.check(sent, 1, [*good, _scores("u1", 4, ["e3"], 2)], TOPICS)
+    assert duplicated.duplicated == ["e3"] and not duplicated.passed
+    unknown = checker.check(sent, 1, [*good, _scores("u2", 1, ["x9"], 3)], TOPICS)
+    assert unknown.unknown == ["x9"]
+    regressed = checker.check(sent, 1, [*good, _scores("u1", 2, [], 5)], TOPICS)
+    assert regressed.version_regressions == 1 and not regressed.passed
+
+
+def test_fault_effects_measure_recovery_from_the_kill_and_latency_around_it():
+    kill = checker.Fault("taskmanager", ("taskmanager-1",), at=100.0, restarted_at=105.0)
+    outputs = [_scores("u", 1, ["before"], 0, emit_ts=99_000), _scores("u", 2, ["after"], 1, emit_ts=112_500)]
+    sent_ms = {"before": 98_900, "after": 100_500}
+    [effect] = checker.fault_effects([kill], outputs, sent_ms, TOPICS)
+    assert effect["recovery_s"] == 12.5 and effect["worst_latency_ms"] == 112_500 - 100_500
+
+
+def test_fault_schedules_and_victims():
+    assert nemesis.parse_faults("taskmanager, kafka-leader,taskmanager+ray-worker") == [
+        "taskmanager", "kafka-leader", "taskmanager+ray-worker"]
+    with pytest.raises(ValueError, match="unknown fault 'jobmanager'"):
+        nemesis.parse_faults("taskmanager,jobmanager")
+    assert nemesis.leader_of_most({0: 2, 1: 3, 2: 2, 3: 1}) == 2
+    assert nemesis.leader_of_most({0: 3, 1: 1}) == 1  # a tie goes to the lowest id
+
+
+def test_kafka_nodes_form_a_static_quorum_with_replicated_internal_topics(tmp_path):
+    voters = "1@127.0.0.1:9001,2@127.0.0.1:9002,3@127.0.0.1:9003"
+    props = kafka_properties(2, tmp_path, 9102, voters, 3)
+    assert props["node.id"] == "2" and props["controller.quorum.voters"] == voters
+    assert "CONTROLLER://127.0.0.1:9002" in props["listeners"] and "PLAINTEXT://127.0.0.1:9102" in props["listeners"]
+    assert props["min.insync.replicas"] == "2" and props["unclean.leader.election.enable"] == "false"
+    assert props["transaction.state.log.replication.factor"] == "3"
+    assert "controller.quorum.bootstrap.servers" not in props
+
+
+@pytest.mark.slow
+def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(tmp_path, ml100k):
+    from streaming.replay import interactions_to_events
+
+    cluster = LocalCluster(tmp_path / "cluster")
+    try:
+        cluster.up()
+        events = interactions_to_events(ml100k.interactions, limit=3000)
+        found = nemesis.run(cluster, events, rate=60.0, schedule=["taskmanager", "kafka-leader"],
+                            first_fault_s=12.0, fault_every_s=15.0, restart_after_s=5.0, settle_timeout_s=240.0,
+                            seed=random.Random(7).randint(0, 10**6))
+    finally:
+        sessions = [m.pid for m in cluster.state.members.values() if m.pid]
+        cluster.down()
+    assert sessions and not [pid for session in sessions for pid in session_processes(session)]
+    report = found.report
+    assert report is not None and report.passed, report.summary()
+    assert [f.name for f in found.faults] == ["taskmanager", "kafka-leader"]
+    assert found.undelivered == 0 and report.events_in == len(events)
+    assert all(effect["recovery_s"] is not None for effect in found.effects), found.effects
