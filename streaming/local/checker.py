@@ -126,7 +126,8 @@ def fault_effects(faults: list[Fault], outputs: list[Output], sent_ms: dict[str,
 
 
 class OutputReader:
-    """A read_committed consumer of the job's outputs in a thread, keeping every record with when it was seen."""
+    """A read_committed consumer of the job's outputs in a thread, keeping every record with when it was seen.
+    It reads from the ends the output topics have when it starts: earlier runs' outputs are not this run's."""
 
     def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -136,8 +137,21 @@ class OutputReader:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="checker", daemon=True)
+        self._consumer = None
 
     def start(self) -> OutputReader:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
+                                 enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100,
+                                 request_timeout_ms=30_000)
+        partitions = [TopicPartition(topic, p)
+                      for topic in (self.topics.user_scores, self.topics.user_state, self.topics.dead_letter)
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        for partition, offset in consumer.end_offsets(partitions).items():
+            consumer.seek(partition, offset)
+        self._consumer = consumer
         self._thread.start()
         return self
 
@@ -161,12 +175,7 @@ class OutputReader:
         return done
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer
-
-        consumer = KafkaConsumer(self.topics.user_scores, self.topics.user_state, self.topics.dead_letter,
-                                 bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
-                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
-                                 fetch_max_wait_ms=100, request_timeout_ms=30_000)
+        consumer = self._consumer
         try:
             while not self._stop.is_set():
                 batches = consumer.poll(timeout_ms=200, max_records=5000)

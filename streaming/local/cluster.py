@@ -465,8 +465,11 @@ class LocalCluster:
         return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 and done.stdout.strip() else 0
 
     def _serve(self, progress) -> None:
+        from ranking.artifacts import resolve_artifact
+
+        artifact = resolve_artifact(self.layout.artifact).resolve()  # the replicas' working folder is Ray's
         done = subprocess.run([sys.executable, "-m", "streaming.local.serve_deploy", self.ray_address,
-                               str(self.state.ports["serve-http"]), self.layout.artifact,
+                               str(self.state.ports["serve-http"]), str(artifact),
                                str(1 + self.layout.ray_workers)],
                               capture_output=True, text=True, timeout=600, cwd=ROOT,
                               env={**os.environ, **self.ray_env, "PYTHONPATH": str(ROOT)})

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streaming.local.checker import CheckReport, Fault, OutputReader, check, fault_effects
@@ -49,7 +49,7 @@ def events_topic_leaders(cluster: LocalCluster) -> dict[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap_servers, client_id="reaseq-nemesis")
     try:
         described = admin.describe_topics([cluster.layout.topics().events])[0]
-        return {p["partition"]: p["leader"] for p in described["partitions"]}
+        return {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
     finally:
         admin.close()
 
@@ -92,6 +92,9 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
     topics = cluster.layout.topics()
     rng = random.Random(seed)
     result = NemesisRun()
+    # the job drops an event id it has already applied (a replay): each run's events get ids of their own
+    run_id = f"n{int(time.time())}"
+    events = [replace(event, event_id=f"{run_id}:{event.event_id}") for event in events]
     reader = OutputReader(cluster.bootstrap_servers, topics).start()
     producer = KafkaProducer(bootstrap_servers=cluster.bootstrap_servers, acks="all", enable_idempotence=True,
                              linger_ms=5, retries=2**31 - 1, request_timeout_ms=15_000, delivery_timeout_ms=300_000)
@@ -121,40 +124,44 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
     pending_restarts: list[tuple[float, Fault]] = []
     faults = iter(schedule)
     counter = itertools.count()
-    for index, event in enumerate(events):
-        due = start + index / rate
-        while (now := time.monotonic()) < due:
-            time.sleep(min(0.01, due - now))
-        if next(counter) % malformed_every == malformed_every - 1:
-            producer.send(topics.events, key=b"nemesis-malformed", value=b"{not json")
-            result.malformed += 1
-        future = producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
-        future.add_callback(delivered(event.event_id))
-        future.add_errback(failed(event.event_id))
-        result.sent += 1
-        now = time.monotonic()
-        if now >= next_fault_at:
-            fault_name = next(faults, None)
-            if fault_name is not None:
-                killed = victims(cluster, fault_name, rng)
-                at = time.time()
-                for name in killed:
-                    cluster.kill(name)
-                say(f"fault {fault_name}: SIGKILL {', '.join(killed)}")
-                pending_restarts.append((now + restart_after_s, Fault(fault_name, tuple(killed), at)))
-            next_fault_at = now + fault_every_s
-        for due_at, fault in list(pending_restarts):
-            if now >= due_at:
-                for name in fault.killed:
-                    cluster.start(name)
-                say(f"restarted {', '.join(fault.killed)}")
-                result.faults.append(Fault(fault.name, fault.killed, fault.at, time.time()))
-                pending_restarts.remove((due_at, fault))
-    producer.flush(timeout=300)
-    for _, fault in pending_restarts:
+
+    def restart(fault: Fault) -> None:
         for name in fault.killed:
             cluster.start(name)
+        say(f"restarted {', '.join(fault.killed)}")
         result.faults.append(Fault(fault.name, fault.killed, fault.at, time.time()))
+
+    try:
+        for index, event in enumerate(events):
+            due = start + index / rate
+            while (now := time.monotonic()) < due:
+                time.sleep(min(0.01, due - now))
+            if next(counter) % malformed_every == malformed_every - 1:
+                producer.send(topics.events, key=b"nemesis-malformed", value=b"{not json")
+                result.malformed += 1
+            future = producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
+            future.add_callback(delivered(event.event_id))
+            future.add_errback(failed(event.event_id))
+            result.sent += 1
+            now = time.monotonic()
+            if now >= next_fault_at:
+                fault_name = next(faults, None)
+                if fault_name is not None:
+                    killed = victims(cluster, fault_name, rng)
+                    at = time.time()
+                    for name in killed:
+                        cluster.kill(name)
+                    say(f"fault {fault_name}: SIGKILL {', '.join(killed)}")
+                    pending_restarts.append((now + restart_after_s, Fault(fault_name, tuple(killed), at)))
+                next_fault_at = now + fault_every_s
+            for due_at, fault in list(pending_restarts):
+                if now >= due_at:
+                    pending_restarts.remove((due_at, fault))
+                    restart(fault)
+        producer.flush(timeout=300)
+    finally:  # whatever happened, nothing stays killed
+        for _, fault in pending_restarts:
+            restart(fault)
     producer.close()
     say(f"sent {result.sent} events and {result.malformed} malformed records; waiting for every answer")
     settle_start = time.monotonic()
