@@ -183,13 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = commands.add_parser("cluster", help="a real cluster on this machine: 3 Kafka brokers, a Flink "
                                   "session cluster, a Ray cluster, the job submitted to it (up, status, down)")
     from streaming.local.commands import add_arguments as add_cluster_arguments
-    from streaming.local.commands import add_nemesis_arguments
+    from streaming.local.commands import add_nemesis_arguments, add_soak_arguments
 
     add_cluster_arguments(cluster)
     nemesis = bench_cmds.add_parser("nemesis", help="faults under load on the local cluster: SIGKILLed "
                                     "TaskManagers, Kafka leaders and Ray workers during a steady replay, the "
                                     "outputs checked against the inputs (lost, duplicated, recovery times)")
     add_nemesis_arguments(nemesis)
+    soak = bench_cmds.add_parser("soak", help="the local cluster under a steady replay for a long while: memory "
+                                 "of every process, consumer lag, event→score p99 and checkpoint sizes over time, "
+                                 "a plot, and a loss check")
+    add_soak_arguments(soak)
 
     deploy = commands.add_parser("deploy", help="build the container images and rehearse the deployment here")
     deploy_cmds = deploy.add_subparsers(dest="deploy_command", required=True)
@@ -396,6 +400,10 @@ def _bench(args: argparse.Namespace) -> int:
         from streaming.local.commands import nemesis_main
 
         return nemesis_main(args)
+    if args.bench == "soak":
+        from streaming.local.commands import soak_main
+
+        return soak_main(args)
     from bench.quality import markdown_table, run_quality, write_result
     from ranking.experiment import load_sequences
 

@@ -85,3 +85,36 @@ def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(t
     assert [f.name for f in found.faults] == ["taskmanager", "kafka-leader"]
     assert found.undelivered == 0 and report.events_in == len(events)
     assert all(effect["recovery_s"] is not None for effect in found.effects), found.effects
+
+
+def test_memory_growth_is_measured_after_the_warmup():
+    from streaming.local.soak import growth
+
+    times = [float(t) for t in range(0, 600, 10)]
+    flat = [500.0 + (50.0 if t < 300 else 0.0) + (t % 20) / 10 for t in times]  # settles after the warm-up
+    assert growth(times, flat, warmup_s=300)["relative_growth"] < 0.01
+    leaking = [500.0 + t for t in times]  # 1 MiB a second
+    found = growth(times, leaking, warmup_s=300)
+    assert abs(found["slope_per_min"] - 60.0) < 1e-6 and found["relative_growth"] > 0.3
+    assert growth(times[:2], leaking[:2], warmup_s=0) is None
+
+
+def test_a_sessions_memory_is_its_processes(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from streaming.local.soak import session_rss_mib
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 * 2**20); time.sleep(30)"],
+                             start_new_session=True)
+    try:
+        import time
+
+        time.sleep(1.5)
+        assert session_rss_mib(child.pid) > 60
+        assert session_rss_mib(os.getsid(0)) > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert session_rss_mib(child.pid) == 0

@@ -106,3 +106,43 @@ def nemesis_main(args: argparse.Namespace) -> int:
               f"{effect['recovery_s']} s, worst event→score {effect['worst_latency_ms']} ms")
     print(f"JSON: {path}")
     return 0 if report.passed else 1
+
+
+def add_soak_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register `reaseq bench soak`."""
+    parser.add_argument("--work", default=DEFAULT_WORK, help="a running cluster's folder (reaseq cluster up); "
+                        "with --start, where to start one (and stop it after)")
+    parser.add_argument("--start", action="store_true", help="start the cluster first and stop it at the end")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="events per second (steady)")
+    parser.add_argument("--every-s", type=float, default=10.0, help="sampling period")
+    parser.add_argument("--warmup-s", type=float, default=300.0, help="left out of the memory trend")
+    parser.add_argument("--out", default=None, help="results JSON (default bench/results/soak-<time>.json)")
+    parser.add_argument("--plot", default="docs/soak.png", help="where the plot goes")
+
+
+def soak_main(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import asdict
+
+    from bench.results import write_result
+    from ranking.data import load_dataset
+    from streaming.local import soak
+    from streaming.local.cluster import LocalCluster
+    from streaming.replay import interactions_to_events
+
+    cluster = LocalCluster(Path(args.work)) if args.start else LocalCluster.load(Path(args.work))
+    if args.start:
+        cluster.up()
+    try:
+        events = interactions_to_events(load_dataset("ml-100k").interactions)
+        result = soak.run(cluster, events, args.rate, args.minutes, args.every_s, args.warmup_s)
+    finally:
+        if args.start:
+            cluster.down()
+    name = args.out or f"soak-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path = write_result({"layout": cluster.state.layout, **asdict(result)}, Path(name).name,
+                        Path(name).parent if args.out else "bench/results")
+    print(f"JSON: {path}")
+    print(f"plot: {soak.plot(result, Path(args.plot))}")
+    return 0 if result.lost == 0 else 1
