@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from deploy import images, validate
+from streaming.local.cluster import wait_until
 
 # Runs inside the Ray image (stdlib only): start Serve from the rendered config, wait until both routes
 # answer, prove there is no route out, print one JSON line, stop Serve.
@@ -237,21 +238,6 @@ def rest(port: int, path: str) -> Any:
         return json.loads(reply.read())
 
 
-def wait_for(what: str, check, timeout_s: float, every_s: float = 2.0):
-    """Poll `check()` until it returns something truthy (returned), or fail naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as error:  # not up yet: keep polling, remember why
-            last = error
-        time.sleep(every_s)
-    raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
-
-
 def resolve_in_image(root: Path, path: str) -> str:
     """`path` inside the image whose root filesystem is at `root`, with the image's symlinks followed (as the
     container runtime does for a volume's mountPath: /opt/flink/log is under PyFlink's distribution here)."""
@@ -406,14 +392,14 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
             producer.flush()
 
         send(0, events)
-        job_id = wait_for("the job to run", lambda: next((j["jid"] for j in rest(ports["rest"], "/jobs/overview")
+        job_id = wait_until("the job to run", lambda: next((j["jid"] for j in rest(ports["rest"], "/jobs/overview")
                                                           ["jobs"] if j["state"] == "RUNNING"), None), timeout_s)
 
         def completed() -> dict[str, Any] | None:
             latest = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")["latest"]["completed"]
             return latest if latest and latest.get("external_path", "").startswith("s3://") else None
 
-        first = wait_for("a checkpoint in S3", completed, timeout_s)
+        first = wait_until("a checkpoint in S3", completed, timeout_s)
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
         found.update(job_id=job_id, first_checkpoint=first["external_path"], checkpoint_id=first["id"],
                      s3_objects=len(keys), s3_metadata=[k for k in keys if k.endswith("_metadata")][:3])
@@ -426,10 +412,10 @@ def rehearse_job(overlay: str = "dev", work: Path | None = None, events: int = 2
             state = rest(ports["rest"], f"/jobs/{job_id}")["state"]
             return info if info and state == "RUNNING" else None
 
-        back = wait_for("the job to restore from S3", restored, timeout_s)
+        back = wait_until("the job to restore from S3", restored, timeout_s)
         send(events, events)
         try:
-            after = wait_for("a checkpoint after the restore",
+            after = wait_until("a checkpoint after the restore",
                              lambda: (c := completed()) and c["id"] > back["id"] and c, timeout_s)
         except RuntimeError as error:  # say why: the job's state and its checkpoints' counts and last failure
             details = rest(ports["rest"], f"/jobs/{job_id}/checkpoints")

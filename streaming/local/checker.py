@@ -125,6 +125,20 @@ def fault_effects(faults: list[Fault], outputs: list[Output], sent_ms: dict[str,
     return effects
 
 
+def consumer_from_ends(bootstrap_servers: str, topics: tuple[str, ...]):
+    """A read_committed KafkaConsumer of every partition of `topics`, positioned at their current ends."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level="read_committed",
+                             enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100, request_timeout_ms=30_000)
+    partitions = [TopicPartition(topic, p) for topic in topics for p in sorted(consumer.partitions_for_topic(topic)
+                                                                                or ())]
+    consumer.assign(partitions)
+    for partition, offset in consumer.end_offsets(partitions).items():
+        consumer.seek(partition, offset)
+    return consumer
+
+
 class OutputReader:
     """A read_committed consumer of the job's outputs in a thread, keeping every record with when it was seen.
     It reads from the ends the output topics have when it starts: earlier runs' outputs are not this run's."""
@@ -140,18 +154,8 @@ class OutputReader:
         self._consumer = None
 
     def start(self) -> OutputReader:
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
-                                 enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100,
-                                 request_timeout_ms=30_000)
-        partitions = [TopicPartition(topic, p)
-                      for topic in (self.topics.user_scores, self.topics.user_state, self.topics.dead_letter)
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        for partition, offset in consumer.end_offsets(partitions).items():
-            consumer.seek(partition, offset)
-        self._consumer = consumer
+        self._consumer = consumer_from_ends(self.bootstrap_servers, (self.topics.user_scores, self.topics.user_state,
+                                                                     self.topics.dead_letter))
         self._thread.start()
         return self
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from streaming.local.checker import consumer_from_ends
 from streaming.local.cluster import LocalCluster, session_processes
 from streaming.scoring import covered_events
 
@@ -63,15 +64,7 @@ class ScoreWatcher:
         self._thread = threading.Thread(target=self._run, name="soak-scores", daemon=True)
 
     def start(self) -> ScoreWatcher:
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap_servers, isolation_level="read_committed",
-                                 enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100)
-        partitions = [TopicPartition(t, p) for t in self.topics for p in sorted(consumer.partitions_for_topic(t))]
-        consumer.assign(partitions)
-        for partition, offset in consumer.end_offsets(partitions).items():
-            consumer.seek(partition, offset)
-        self._consumer = consumer
+        self._consumer = consumer_from_ends(self.bootstrap_servers, self.topics)
         self._thread.start()
         return self
 
