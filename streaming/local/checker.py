@@ -139,29 +139,60 @@ def consumer_from_ends(bootstrap_servers: str, topics: tuple[str, ...]):
     return consumer
 
 
-class OutputReader:
-    """A read_committed consumer of the job's outputs in a thread, keeping every record with when it was seen.
-    It reads from the ends the output topics have when it starts: earlier runs' outputs are not this run's."""
+class TopicReader:
+    """A read_committed consumer of `topics` from their ends at its start, in a thread: each record (parsed
+    JSON) goes to `observe` under the reader's lock. Earlier runs' outputs are not this run's."""
 
-    def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
+    def __init__(self, bootstrap_servers: str, topics: tuple[str, ...]) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.topics = topics
-        self.outputs: list[Output] = []
-        self.per_topic: dict[str, int] = defaultdict(int)
+        self.topic_names = topics
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="checker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
         self._consumer = None
 
-    def start(self) -> OutputReader:
-        self._consumer = consumer_from_ends(self.bootstrap_servers, (self.topics.user_scores, self.topics.user_state,
-                                                                     self.topics.dead_letter))
+    def start(self):
+        self._consumer = consumer_from_ends(self.bootstrap_servers, self.topic_names)
         self._thread.start()
         return self
 
-    def stop(self) -> list[Output]:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def observe(self, topic: str, partition: int, offset: int, seen_ms: int, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        consumer = self._consumer
+        try:
+            while not self._stop.is_set():
+                batches = consumer.poll(timeout_ms=200, max_records=5000)
+                now = int(time.time() * 1000)
+                with self._lock:
+                    for partition, messages in batches.items():
+                        for message in messages:
+                            self.observe(partition.topic, partition.partition, message.offset, now,
+                                         json.loads(message.value))
+        finally:
+            consumer.close()
+
+
+class OutputReader(TopicReader):
+    """Every record of the job's three output topics, with when it was seen."""
+
+    def __init__(self, bootstrap_servers: str, topics: TopicsConfig) -> None:
+        super().__init__(bootstrap_servers, (topics.user_scores, topics.user_state, topics.dead_letter))
+        self.topics = topics
+        self.outputs: list[Output] = []
+        self.per_topic: dict[str, int] = defaultdict(int)
+
+    def observe(self, topic: str, partition: int, offset: int, seen_ms: int, body: dict[str, Any]) -> None:
+        self.outputs.append(Output(topic, partition, offset, seen_ms, body))
+        self.per_topic[topic] += 1
+
+    def stop(self) -> list[Output]:
+        super().stop()
         return self.snapshot()
 
     def snapshot(self) -> list[Output]:
@@ -177,18 +208,3 @@ class OutputReader:
             elif output.topic == self.topics.dead_letter:
                 done.update(output.body.get("event_ids") or ())
         return done
-
-    def _run(self) -> None:
-        consumer = self._consumer
-        try:
-            while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=200, max_records=5000)
-                now = int(time.time() * 1000)
-                with self._lock:
-                    for partition, messages in batches.items():
-                        for message in messages:
-                            self.outputs.append(Output(partition.topic, partition.partition, message.offset, now,
-                                                       json.loads(message.value)))
-                            self.per_topic[partition.topic] += 1
-        finally:
-            consumer.close()

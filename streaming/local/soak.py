@@ -7,8 +7,6 @@ Memory is called flat when, after the warm-up, no member's resident memory grows
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -17,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.local.checker import consumer_from_ends
+from streaming.local.checker import TopicReader
 from streaming.local.cluster import LocalCluster, session_processes
 from streaming.scoring import covered_events
 
@@ -49,24 +47,26 @@ def growth(times_s: list[float], values: list[float], warmup_s: float) -> dict[s
     return {"slope_per_min": slope * 60, "relative_growth": slope * span / mean if mean else 0.0, "mean": mean}
 
 
-class ScoreWatcher:
-    """A read_committed consumer of the scores and dead-letter topics from their current ends: which events
-    were answered, and each answer's event→score latency (ms) with the time it was seen."""
+class ScoreWatcher(TopicReader):
+    """The scores and dead-letter topics from their current ends: which events were answered, and each
+    answer's event→score latency (ms) with the time it was seen."""
 
     def __init__(self, bootstrap_servers: str, scores_topic: str, dead_letter_topic: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.topics = (scores_topic, dead_letter_topic)
+        super().__init__(bootstrap_servers, (scores_topic, dead_letter_topic))
         self.answered: set[str] = set()
         self.latencies: list[tuple[int, int]] = []  # (seen ms, latency ms)
         self.dead_letters = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="soak-scores", daemon=True)
 
-    def start(self) -> ScoreWatcher:
-        self._consumer = consumer_from_ends(self.bootstrap_servers, self.topics)
-        self._thread.start()
-        return self
+    def observe(self, topic: str, partition: int, offset: int, seen_ms: int, body: dict[str, Any]) -> None:
+        if topic == self.topic_names[1]:
+            self.dead_letters += 1
+            self.answered.update(body.get("event_ids") or ())
+            return
+        for event_id, kafka_ts in covered_events(body):
+            self.answered.add(event_id)
+            self.latencies.append((seen_ms, seen_ms - kafka_ts))
+        if len(self.latencies) > 400_000:  # keep the last minutes only
+            del self.latencies[:200_000]
 
     def window_p99(self, since_ms: int) -> float | None:
         with self._lock:
@@ -76,32 +76,6 @@ class ScoreWatcher:
     def count(self) -> int:
         with self._lock:
             return len(self.answered)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def _run(self) -> None:
-        consumer = self._consumer
-        try:
-            while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=200, max_records=5000)
-                now = int(time.time() * 1000)
-                with self._lock:
-                    for partition, messages in batches.items():
-                        for message in messages:
-                            body = json.loads(message.value)
-                            if partition.topic == self.topics[1]:
-                                self.dead_letters += 1
-                                self.answered.update(body.get("event_ids") or ())
-                                continue
-                            for event_id, kafka_ts in covered_events(body):
-                                self.answered.add(event_id)
-                                self.latencies.append((now, now - kafka_ts))
-                    if len(self.latencies) > 400_000:  # keep the last minutes only
-                        del self.latencies[:200_000]
-        finally:
-            consumer.close()
 
 
 @dataclass
