@@ -66,10 +66,14 @@ def test_kafka_nodes_form_a_static_quorum_with_replicated_internal_topics(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(tmp_path, ml100k):
+def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(tmp_path, ml100k, ml100k_sequences):
+    from ranking.experiment import train_and_save
+    from streaming.local.cluster import Layout
     from streaming.replay import interactions_to_events
+    from tests.helpers import TINY_RANKER
 
-    cluster = LocalCluster(tmp_path / "cluster")
+    tiny = train_and_save(ml100k_sequences, TINY_RANKER, progress=False, root=tmp_path / "artifacts").artifact
+    cluster = LocalCluster(tmp_path / "cluster", Layout(artifact=str(tiny.path)))
     try:
         cluster.up()
         events = interactions_to_events(ml100k.interactions, limit=3000)
