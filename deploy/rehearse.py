@@ -443,20 +443,24 @@ def job_problems(found: dict[str, Any]) -> list[str]:
     return problems
 
 
+def outcome(title: str, problems: list[str], details: list[str]) -> bool:
+    """Print a part's verdict, what it observed and what failed; True when it passed."""
+    print(f"{title}: " + ("passed" if not problems else "FAILED"))
+    for line in [*details, *problems]:
+        print(f"  {line}")
+    return not problems
+
+
 def job_part(overlay: str) -> bool:
     """Rehearse the job and print the outcome; True when it passed."""
     found = rehearse_job(overlay)
-    problems = job_problems(found)
-    print(f"job ({overlay} overlay's FlinkDeployment, application mode, {' '.join(found['job_args'][:2])}): "
-          + ("passed" if not problems else "FAILED"))
-    print(f"  checkpoint {found.get('checkpoint_id')} at {found.get('first_checkpoint')} "
-          f"({found.get('s3_objects')} objects in the bucket)")
-    print(f"  read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}")
-    print(f"  TaskManager killed → restored from {found.get('restored_from')} in {found.get('recovery_seconds')} s; "
-          f"next checkpoint {found.get('checkpoint_after_restore')}")
-    for problem in problems:
-        print(f"  {problem}")
-    return not problems
+    return outcome(f"job ({overlay} overlay's FlinkDeployment, application mode, {' '.join(found['job_args'][:2])})",
+                   job_problems(found), [
+        f"checkpoint {found.get('checkpoint_id')} at {found.get('first_checkpoint')} "
+        f"({found.get('s3_objects')} objects in the bucket)",
+        f"read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}",
+        f"TaskManager killed → restored from {found.get('restored_from')} in {found.get('recovery_seconds')} s; "
+        f"next checkpoint {found.get('checkpoint_after_restore')}"])
 
 
 def serve_part(overlay: str) -> bool:
@@ -464,16 +468,13 @@ def serve_part(overlay: str) -> bool:
     found = rehearse_serve(overlay)
     problems = serve_problems(found)
     ranked = found.get("rank", [None, {}])[1]
-    print(f"serve ({overlay} overlay's serveConfigV2, no network, interfaces {found.get('interfaces')}): "
-          + ("passed" if not problems else "FAILED"))
-    print(f"  read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}")
+    details = [f"read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}"]
     if ranked:
-        print(f"  /rank → model {ranked.get('model_version')}: {ranked['results'][0]['items'][:5]}")
-    for problem in problems:
-        print(f"  {problem}")
+        details.append(f"/rank → model {ranked.get('model_version')}: {ranked['results'][0]['items'][:5]}")
     if problems:
-        print(found.get("serve_log_tail", ""))
-    return not problems
+        details.append(found.get("serve_log_tail", ""))
+    return outcome(f"serve ({overlay} overlay's serveConfigV2, no network, interfaces {found.get('interfaces')})",
+                   problems, details)
 
 
 def rendered_llm(overlay: str) -> tuple[dict[str, Any], dict[str, Any], str]:
@@ -576,17 +577,13 @@ def llm_part(overlay: str) -> bool:
     """Rehearse the LLM's weights volume and print the outcome; True when it passed."""
     overlay = "prod" if overlay == "dev" else overlay  # only prod carries the LLM component
     found = rehearse_llm(overlay)
-    problems = llm_problems(found)
-    print(f"llm ({overlay} overlay's reaseq-llm-weights Job and the LLM workers' init check): "
-          + ("passed" if not problems else "FAILED"))
-    print(f"  {' '.join(found['job_command'])} → exit {found.get('job_exit')} in {found.get('job_seconds')} s; "
-          f"{found.get('model_source')}: {found.get('model_file_bytes')} bytes")
-    print(f"  init check, no network, volume read-only → exit {found.get('check_exit')}: "
-          f"{found.get('check_log', '').strip().splitlines()[-1:]}")
-    print(f"  asked who directed Star Wars (1977): {found.get('answer')!r}")
-    for problem in problems:
-        print(f"  {problem}")
-    return not problems
+    return outcome(f"llm ({overlay} overlay's reaseq-llm-weights Job and the LLM workers' init check)",
+                   llm_problems(found), [
+        f"{' '.join(found['job_command'])} → exit {found.get('job_exit')} in {found.get('job_seconds')} s; "
+        f"{found.get('model_source')}: {found.get('model_file_bytes')} bytes",
+        f"init check, no network, volume read-only → exit {found.get('check_exit')}: "
+        f"{found.get('check_log', '').strip().splitlines()[-1:]}",
+        f"asked who directed Star Wars (1977): {found.get('answer')!r}"])
 
 
 PARTS = {"job": job_part, "serve": serve_part, "llm": llm_part}

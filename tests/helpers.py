@@ -203,3 +203,21 @@ def tiny_knowledge(dataset, root) -> dict:
     version = save_embeddings(dataset.name, ids, ids, text, {"source": "test", "knowledge_version": "k-test"}, root)
     save_kg_relations(resolve_version(EMBEDDINGS, dataset.name, version, root), dataset.items, dataset.kg, ids)
     return knowledge_training_inputs(dataset.name, ids, version, root)
+
+
+def tiny_ranker_and_behavior(dataset, sequences, root) -> tuple:
+    """A tiny knowledge-aware ranker (gate fusion, inferred behaviours as extra sequence) and a tiny behaviour
+    model trained under `root`: the artifacts a LocalServe with both apps needs. Returns (ranker, behaviour)."""
+    from dataclasses import replace
+
+    from inference.behavior.train import BehaviorTrainConfig, save_behavior, train_behavior
+    from ranking.experiment import dataset_record, train_and_save
+
+    knowledge = tiny_knowledge(dataset, root)
+    ranker_cfg = replace(TINY_RANKER, model={**TINY_RANKER.model, "extra_len": 5, "side_mode": "gate"},
+                         knowledge=knowledge["provenance"]["embeddings_version"])
+    ranker = train_and_save(sequences, ranker_cfg, progress=False, root=root, **knowledge).artifact
+    cfg = BehaviorTrainConfig(**TINY_BEHAVIOR_CONFIG)
+    behavior = save_behavior(train_behavior(sequences, cfg, users=range(200), progress=False), cfg,
+                             dataset_record(sequences), root=root)
+    return ranker, behavior

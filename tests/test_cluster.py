@@ -122,3 +122,16 @@ def test_a_sessions_memory_is_its_processes(tmp_path):
         child.kill()
         child.wait()
     assert session_rss_mib(child.pid) == 0
+
+
+def test_up_refuses_a_folder_whose_cluster_still_runs(tmp_path):
+    import os
+
+    from streaming.local.cluster import ClusterError, ClusterState, Member
+
+    running = ClusterState(str(tmp_path), {}, {"kafka-1": Member("kafka-1", "kafka", ["true"], {}, "log",
+                                                                 pid=os.getsid(0))})
+    (tmp_path / "cluster.json").write_text(running.to_json())
+    with pytest.raises(ClusterError, match="already running"):
+        LocalCluster(tmp_path).up(progress=lambda *_: None)
+    assert (tmp_path / "cluster.json").exists()  # nothing of it was removed

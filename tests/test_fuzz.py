@@ -106,21 +106,10 @@ class ServedApps(NamedTuple):
 def apps(tmp_path_factory, ml100k, ml100k_sequences):
     """Ray Serve on 127.0.0.1 (a free port) with both apps on tiny artifacts, the Ranker knowledge-aware
     (it reads inferred items and gives KG reasons); stopped after the module."""
-    from dataclasses import replace
-
-    from inference.behavior.train import BehaviorTrainConfig, save_behavior, train_behavior
     from inference.serve.local import LocalServe
-    from ranking.experiment import dataset_record, train_and_save
-    from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, tiny_knowledge
+    from tests.helpers import tiny_ranker_and_behavior
 
-    root = tmp_path_factory.mktemp("artifacts")
-    knowledge = tiny_knowledge(ml100k, root)
-    ranker_cfg = replace(TINY_RANKER, model={**TINY_RANKER.model, "extra_len": 5, "side_mode": "gate"},
-                         knowledge=knowledge["provenance"]["embeddings_version"])
-    ranker = train_and_save(ml100k_sequences, ranker_cfg, progress=False, root=root, **knowledge).artifact
-    cfg = BehaviorTrainConfig(**TINY_BEHAVIOR_CONFIG)
-    behavior = save_behavior(train_behavior(ml100k_sequences, cfg, users=range(200), progress=False), cfg,
-                             dataset_record(ml100k_sequences), root=root)
+    ranker, behavior = tiny_ranker_and_behavior(ml100k, ml100k_sequences, tmp_path_factory.mktemp("artifacts"))
     with LocalServe(str(ranker.path), behavior_artifact=str(behavior.path)) as served:
         yield ServedApps({"ranker": served.url, "behavior": served.behavior_url}, _replicas())
 

@@ -19,7 +19,7 @@ from streaming.pipeline import JobProcess, OutputMonitor, latest_checkpoint
 from streaming.replay import ReplayConfig, interactions_to_events, replay
 from streaming.scoring import covered_events
 from streaming.topics import TopicsConfig, ensure_topics
-from tests.helpers import TINY_BEHAVIOR_CONFIG, TINY_RANKER, kill_mid_stream_and_restore, tiny_knowledge, wait_for
+from tests.helpers import kill_mid_stream_and_restore, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +28,10 @@ pytestmark = pytest.mark.slow
 def serve_both(tmp_path_factory, ml100k, ml100k_sequences):
     """Ray Serve with the knowledge-aware Ranker (reading 5 inferred items; KG reasons) and the BehaviorReasoner,
     on tiny artifacts."""
-    from dataclasses import replace
-
-    from inference.behavior.train import BehaviorTrainConfig, save_behavior, train_behavior
     from inference.serve.local import LocalServe
-    from ranking.experiment import dataset_record, train_and_save
+    from tests.helpers import tiny_ranker_and_behavior
 
-    root = tmp_path_factory.mktemp("artifacts")
-    data = ml100k_sequences
-    knowledge = tiny_knowledge(ml100k, root)
-    ranker_cfg = replace(TINY_RANKER, model={**TINY_RANKER.model, "extra_len": 5, "side_mode": "gate"},
-                         knowledge=knowledge["provenance"]["embeddings_version"])
-    ranker = train_and_save(data, ranker_cfg, progress=False, root=root, **knowledge).artifact
-    cfg = BehaviorTrainConfig(**TINY_BEHAVIOR_CONFIG)
-    behavior = save_behavior(train_behavior(data, cfg, users=range(200), progress=False), cfg,
-                             dataset_record(data), root=root)
+    ranker, behavior = tiny_ranker_and_behavior(ml100k, ml100k_sequences, tmp_path_factory.mktemp("artifacts"))
     with LocalServe(str(ranker.path), behavior_artifact=str(behavior.path)) as served:
         yield served
 

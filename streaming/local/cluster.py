@@ -319,9 +319,10 @@ class LocalCluster:
 
     def up(self, progress=print) -> None:
         """Start everything, wait until each part answers, create the topics, deploy Serve, submit the job."""
-        if self.state_path.exists() and any(self.alive(n) for n in ClusterState.from_json(
-                self.state_path.read_text()).members if self._known(n)):
-            raise ClusterError(f"a cluster is already running in {self.work}: `reaseq cluster down` first")
+        if self.state_path.exists():  # its folder is about to be replaced: its processes would be orphaned
+            previous = ClusterState.from_json(self.state_path.read_text())
+            if any(m.pid and session_processes(m.pid) for m in previous.members.values()):
+                raise ClusterError(f"a cluster is already running in {self.work}: `reaseq cluster down` first")
         shutil.rmtree(self.work, ignore_errors=True)
         (self.work / "logs").mkdir(parents=True)
         started = time.monotonic()
@@ -336,9 +337,6 @@ class LocalCluster:
             self.down(progress=lambda *_: None)
             raise
         progress(f"cluster up in {time.monotonic() - started:.0f} s ({self.work})")
-
-    def _known(self, name: str) -> bool:
-        return name in self.state.members
 
     def _kafka(self, progress) -> None:
         from streaming.jvm_deps import require_java, resolve_jars

@@ -10,7 +10,6 @@ does not set up.
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import time
@@ -123,7 +122,6 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
     next_fault_at = start + first_fault_s
     pending_restarts: list[tuple[float, Fault]] = []
     faults = iter(schedule)
-    counter = itertools.count()
 
     def restart(fault: Fault) -> None:
         for name in fault.killed:
@@ -136,7 +134,7 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
             due = start + index / rate
             while (now := time.monotonic()) < due:
                 time.sleep(min(0.01, due - now))
-            if next(counter) % malformed_every == malformed_every - 1:
+            if index % malformed_every == malformed_every - 1:
                 producer.send(topics.events, key=b"nemesis-malformed", value=b"{not json")
                 result.malformed += 1
             future = producer.send(topics.events, key=event.user_id.encode(), value=event.to_json())
