@@ -125,13 +125,19 @@ def test_a_sessions_memory_is_its_processes(tmp_path):
 
 
 def test_up_refuses_a_folder_whose_cluster_still_runs(tmp_path):
-    import os
+    import subprocess
 
     from streaming.local.cluster import ClusterError, ClusterState, Member
 
-    running = ClusterState(str(tmp_path), {}, {"kafka-1": Member("kafka-1", "kafka", ["true"], {}, "log",
-                                                                 pid=os.getsid(0))})
-    (tmp_path / "cluster.json").write_text(running.to_json())
-    with pytest.raises(ClusterError, match="already running"):
-        LocalCluster(tmp_path).up(progress=lambda *_: None)
+    # a member in a session of its own, as `start()` runs one (the test's own session id may read 0 in a container)
+    member = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        running = ClusterState(str(tmp_path), {}, {"kafka-1": Member("kafka-1", "kafka", ["sleep", "60"], {}, "log",
+                                                                     pid=member.pid)})
+        (tmp_path / "cluster.json").write_text(running.to_json())
+        with pytest.raises(ClusterError, match="already running"):
+            LocalCluster(tmp_path).up(progress=lambda *_: None)
+    finally:
+        member.kill()
+        member.wait()
     assert (tmp_path / "cluster.json").exists()  # nothing of it was removed
