@@ -2,10 +2,8 @@
 
 - ablation: the same ranker backbone with and without inferred behaviours as an extra sequence,
   same seeds, median of seeds; overall and for sparse users (<= 20 training interactions);
-- beyond-log: a slice of the catalogue (all items of some genres) is removed from a group of test
-  users' sequences, as if they watched it elsewhere; how many of the removed items do the inferred
-  behaviours recover, against popularity within the slice and the ranker's own next-item top-K,
-  with and without knowledge-initialised item tokens;
+- beyond-log (bench/beyond_log.py): a personal part of test users' histories is hidden; how many of
+  the hidden items do the inferred behaviours recover, against popularity, ItemKNN and the ranker;
 - speed: users/s and latency of the cached and the reference sampler for several batch sizes and
   step counts, and one full forward of a plain PyTorch bidirectional transformer of the same shape.
 """
@@ -23,9 +21,9 @@ import numpy as np
 import torch
 
 from bench.results import write_result as write_json
+from inference.behavior.diffusion import SamplingConfig, sample_cached, sample_reference
 from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
-from inference.behavior.sampling import SamplingConfig, sample_cached, sample_reference
-from inference.behavior.train import BehaviorTrainConfig, infer_items, inferred_extras, train_behavior
+from inference.behavior.train import BehaviorTrainConfig, inferred_extras, train_behavior
 from ranking.evaluate import evaluate
 from ranking.splits import SequenceData
 from ranking.train import TrainConfig, model_scorer, pick_device, train_ranker
@@ -93,109 +91,6 @@ def run_ablation(data: SequenceData, ranker_cfg: TrainConfig, behavior_cfg: Beha
 def relative_gain(before: float, after: float) -> float:
     """(after - before) / before, 0 when before is 0."""
     return (after - before) / before if before else 0.0
-
-
-def slice_items(data: SequenceData, genres: list[str], items_genres: dict[str, list[str]]) -> set[int]:
-    """Item indices whose genres meet `genres`."""
-    wanted = set(genres)
-    return {i + 1 for i, item in enumerate(data.item_ids) if wanted & set(items_genres.get(item, ()))}
-
-
-def beyond_log_split(data: SequenceData, removed_slice: set[int], test_share: float, seed: int,
-                     min_removed: int = 3, min_kept: int = 5) -> tuple[SequenceData, dict[int, np.ndarray]]:
-    """Pick test users (with enough items in and out of the slice) and drop the slice from their sequences.
-
-    Returns the modified data and, per test user, the removed items."""
-    rng = np.random.default_rng(seed)
-    eligible = [u for u, seq in enumerate(data.sequences)
-                if sum(int(i) in removed_slice for i in seq) >= min_removed
-                and sum(int(i) not in removed_slice for i in seq) >= min_kept]
-    chosen = sorted(rng.choice(eligible, size=int(len(eligible) * test_share), replace=False).tolist())
-    sequences = list(data.sequences)
-    removed = {}
-    for u in chosen:
-        seq = data.sequences[u]
-        in_slice = np.isin(seq, list(removed_slice))
-        removed[u] = seq[in_slice]
-        sequences[u] = seq[~in_slice]
-    return replace(data, sequences=sequences), removed
-
-
-def recall_at_k(predicted: list[int], removed: np.ndarray) -> float:
-    """Hits among the removed items over min(K, removed), so a perfect K-list scores 1."""
-    truth = set(removed.tolist())
-    return len(truth & set(predicted)) / min(len(truth), len(predicted))
-
-
-def run_beyond_log(data: SequenceData, items_genres: dict[str, list[str]], ranker_cfg: TrainConfig,
-                   behavior_cfg: BehaviorTrainConfig, genres: list[str], test_share: float = 0.3, seed: int = 1,
-                   progress: bool = True) -> dict[str, Any]:
-    """Recall of removed slice items: inferred behaviours vs popularity in the slice vs the ranker's top-K."""
-    started = time.time()
-    the_slice = slice_items(data, genres, items_genres)
-    modified, removed = beyond_log_split(data, the_slice, test_share, seed)
-    users = sorted(removed)
-    k = SamplingConfig(**behavior_cfg.sampling).slots
-    histories = [modified.sequences[u] for u in users]
-    everyone = {u: seq for u, seq in enumerate(modified.sequences)}
-    in_slice = torch.zeros(data.num_items + 1, dtype=torch.bool)
-    in_slice[list(the_slice)] = True
-    outside = ~in_slice
-
-    counts = np.bincount(np.concatenate(modified.sequences), minlength=data.num_items + 1).astype(float)
-    counts[0] = -1
-
-    def popularity_in_slice(history: np.ndarray) -> list[int]:
-        scores = np.where(in_slice.numpy(), counts, -1.0)
-        scores[history] = -1
-        return np.argsort(-scores, kind="stable")[:k].tolist()
-
-    methods: dict[str, list[list[int]]] = {"popularity_in_slice": [popularity_in_slice(h) for h in histories]}
-    ranker = train_ranker(modified, replace(ranker_cfg, seed=seed), progress=progress)
-    scorer = model_scorer(ranker.model, ranker.device)
-    with torch.no_grad():
-        scores = scorer([h for h in histories], users).float().cpu()
-    scores[:, 0] = -torch.inf
-    for row, h in enumerate(histories):
-        scores[row, torch.as_tensor(h)] = -torch.inf
-    methods["ranker_top_k"] = scores.topk(k, 1).indices.tolist()
-    methods["ranker_top_k_in_slice"] = scores.masked_fill(outside[None], -torch.inf).topk(k, 1).indices.tolist()
-
-    knowledge, knowledge_version = knowledge_matrix(data)
-    variants = [("ids_only", False)] + ([("knowledge_init", True)] if knowledge is not None else [])
-    behavior_runs = {}
-    for name, use_knowledge in variants:
-        cfg = replace(behavior_cfg, knowledge_init=use_knowledge, seed=seed)
-        result = train_behavior(modified, cfg, knowledge if use_knowledge else None, sequences=everyone,
-                                progress=progress)
-        sampling = SamplingConfig(**cfg.sampling)
-        methods[f"diffusion_{name}"] = infer_items(result.model, histories, sampling, result.device)
-        sliced = SliceOnly(result.model, outside)
-        methods[f"diffusion_{name}_in_slice"] = infer_items(sliced, histories, sampling, result.device)
-        behavior_runs[name] = {"holdout_recall": result.valid_recall, "train_seconds": round(result.seconds, 1)}
-    recall = {name: float(np.mean([recall_at_k(p, removed[u]) for p, u in zip(preds, users, strict=True)]))
-              for name, preds in methods.items()}
-    return {"genres": genres, "slice_items": len(the_slice), "test_users": len(users),
-            "removed_per_user_median": float(np.median([len(removed[u]) for u in users])), "k": k,
-            "recall_at_k": recall, "behavior_runs": behavior_runs, "knowledge_version": knowledge_version,
-            "wall_seconds": round(time.time() - started, 1)}
-
-
-class SliceOnly(torch.nn.Module):
-    """A behaviour model whose inferences are restricted to a slice (items outside it are excluded)."""
-
-    def __init__(self, model: DiffusionBehaviorModel, outside: torch.Tensor) -> None:
-        super().__init__()
-        self.inner = model
-        self.cfg = model.cfg
-        self.outside = outside
-
-    def encode_history(self, history: torch.Tensor):
-        return self.inner.encode_history(history)
-
-    def slot_logits(self, cache, slots: torch.Tensor) -> torch.Tensor:
-        logits = self.inner.slot_logits(cache, slots)
-        return logits.masked_fill(self.outside.to(logits.device)[None, None], float("-inf"))
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -269,6 +164,35 @@ def plain_transformer_forward(cfg: BehaviorConfig, history: int, batch: int, rep
             "tflops": batch * step_flops(cfg, history, cfg.slots, cached=False) / p50 / 1e12}
 
 
+def plot_rft_curve(curve: list[dict[str, float]], path: str | Path, title: str) -> Path:
+    """Mean reward (with a moving average) and KL to the pre-trained model per RFT step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in curve]
+    rewards = np.asarray([row["reward"] for row in curve])
+    window = max(1, len(rewards) // 10)
+    smooth = np.convolve(rewards, np.ones(window) / window, mode="valid")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    top.plot(steps, rewards, color="tab:blue", alpha=0.35, label="mean reward of the step's samples")
+    top.plot(steps[window - 1:], smooth, color="tab:blue", label=f"moving average ({window} steps)")
+    top.axhline(0, color="grey", linewidth=0.8)
+    top.set_ylabel("reward (NDCG gain)")
+    top.legend(fontsize=8)
+    bottom.plot(steps, [row["kl"] for row in curve], color="tab:red")
+    bottom.set_ylabel("KL to pre-trained")
+    bottom.set_xlabel("GRPO step")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_result(result: dict[str, Any], out_dir: str | Path, name: str) -> Path:
     """JSON with commit, command, machine and time beside the numbers."""
     return write_json(result, name, out_dir)
@@ -281,12 +205,6 @@ def ablation_table(result: dict[str, Any]) -> str:
         for m in METRICS:
             lines.append(f"| {group} | {m} | {result['median']['without'][group][m]:.4f} | "
                          f"{result['median']['with'][group][m]:.4f} | {result['gain'][group][m]:+.1%} |")
-    return "\n".join(lines)
-
-
-def beyond_log_table(result: dict[str, Any]) -> str:
-    lines = [f"| method | recall@{result['k']} of removed items |", "|---|---:|"]
-    lines += [f"| {name} | {value:.4f} |" for name, value in result["recall_at_k"].items()]
     return "\n".join(lines)
 
 

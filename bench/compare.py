@@ -115,32 +115,73 @@ def behaviors_file(out_dir: Path, config: str) -> Path:
 
 
 def prepare_behaviors(data: SequenceData, config: str, out_dir: Path, device: str | None) -> Path:
-    """Train the behaviour model of `config` on the comparison's split once and keep its inferred items."""
+    """Train the behaviour model of `config` on the comparison's split once and keep its inferred items.
+
+    A config with an `rft:` section tunes the pre-trained model with the ranking reward first; the
+    pre-trained model is kept beside the inferences (keyed by every setting but `rft`), so a plain arm and
+    an RFT arm of the same model share it."""
     path = behaviors_file(out_dir, config)
     if path.is_file():
         return path
-    from inference.behavior.sampling import SamplingConfig
-    from inference.behavior.train import inferred_extras, load_behavior_config, train_behavior
+    from inference.behavior.diffusion import SamplingConfig
+    from inference.behavior.train import fine_tune, inferred_extras, load_behavior_config
 
     cfg = load_behavior_config(config, data.dataset, device=device)
     if cfg.max_seconds:
         raise ValueError(f"{config}: a comparison trains by epochs only; remove train.max_seconds")
+    model, pretrained = pretrained_behavior(data, cfg, out_dir)
+    stats = {"holdout_recall": np.float64(pretrained["holdout_recall"]),
+             "best_epoch": np.int64(pretrained["best_epoch"]), "train_seconds": np.float64(pretrained["train_seconds"])}
+    if cfg.rft is not None:
+        if device:
+            cfg = replace(cfg, rft=replace(cfg.rft, device=device))
+        tuned = fine_tune(data, model, cfg, progress=False)
+        model = tuned.model
+        stats.update(rft_eval_before=np.float64(tuned.eval_before), rft_eval_after=np.float64(tuned.eval_after),
+                     rft_seconds=np.float64(tuned.seconds),
+                     rft_curve=np.asarray([json.dumps(row) for row in tuned.curve]))
+    device_used = str(next(model.parameters()).device)
+    extras = inferred_extras(model, data, cfg.holdout, SamplingConfig(**cfg.sampling), device_used)
+    users = len(data.sequences)
+    arrays = {split: np.stack([np.asarray(extras[split].get(u, ()), dtype=np.int64) for u in range(users)])
+              for split in extras}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays, **stats)
+    tmp.replace(path)
+    return path
+
+
+def pretrained_behavior(data: SequenceData, cfg, out_dir: Path):
+    """The pre-trained behaviour model of `cfg` (trained here once, then read back) and its training record."""
+    import hashlib
+
+    import torch
+
+    from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
+    from inference.behavior.train import train_behavior
+    from ranking.train import pick_device
+
+    settings = json.dumps({**cfg.to_dict(), "rft": None, "device": None}, sort_keys=True)
+    saved = out_dir / "behaviors" / f"pretrained-{hashlib.sha256(settings.encode()).hexdigest()[:10]}.pt"
+    if saved.is_file():
+        record = torch.load(saved, map_location="cpu", weights_only=True)
+        model = DiffusionBehaviorModel(BehaviorConfig(**record["model_config"]))
+        model.load_state_dict(record["state"])
+        return model.to(pick_device(cfg.device)).eval(), record
     knowledge = None
     if cfg.knowledge_init:
         from bench.behavior import knowledge_matrix
 
         knowledge = knowledge_matrix(data)[0]
     result = train_behavior(data, cfg, knowledge, progress=False)
-    extras = inferred_extras(result.model, data, cfg.holdout, SamplingConfig(**cfg.sampling), result.device)
-    users = len(data.sequences)
-    arrays = {split: np.stack([np.asarray(extras[split].get(u, ()), dtype=np.int64) for u in range(users)])
-              for split in extras}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **arrays, holdout_recall=np.float64(result.valid_recall), best_epoch=np.int64(result.best_epoch),
-             train_seconds=np.float64(result.seconds))
-    tmp.replace(path)
-    return path
+    record = {"model_config": result.model_config.to_dict(), "holdout_recall": result.valid_recall,
+              "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+              "state": {k: v.detach().cpu() for k, v in result.model.state_dict().items()}}
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(record, saved.with_suffix(".tmp"))
+    saved.with_suffix(".tmp").replace(saved)
+    return result.model, record
 
 
 def load_behaviors(path: str | Path) -> Extras:
@@ -198,6 +239,11 @@ def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, flo
             run["behaviors"] = {"file": Path(behaviors).name, "holdout_recall": float(archive["holdout_recall"]),
                                 "best_epoch": int(archive["best_epoch"]),
                                 "train_seconds": round(float(archive["train_seconds"]), 1)}
+            if "rft_eval_before" in archive:
+                run["behaviors"]["rft"] = {"eval_reward_before": float(archive["rft_eval_before"]),
+                                           "eval_reward_after": float(archive["rft_eval_after"]),
+                                           "seconds": round(float(archive["rft_seconds"]), 1),
+                                           "curve": [json.loads(row) for row in archive["rft_curve"]]}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(run))

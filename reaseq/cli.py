@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      "beyond the log); artifact under ./artifacts/behavior")
     _add_data_args(behavior)
     _add_behavior_args(behavior)
+    behavior.add_argument("--rft", action="store_true",
+                          help="tune an existing behaviour model by reinforcement fine-tuning with the ranking reward "
+                          "(GRPO; --config is then a YAML with an rft: section, default "
+                          "inference/behavior/configs/behavior-<dataset>-rft.yaml); saves a new version naming "
+                          "its parent")
+    behavior.add_argument("--parent", default=None, help="--rft: the behaviour artifact to tune (default: the "
+                          "dataset's latest)")
+    behavior.add_argument("--reward-ranker", default=None, help="--rft: a ranker artifact reading K inferred items "
+                          "(default: train one from rft.reward_ranker on the parent's inferences)")
+    behavior.add_argument("--plot", default=None, help="--rft: write the reward and KL curves as a PNG here")
 
     infer = commands.add_parser("infer", help="run a trained model on given users")
     infer_cmds = infer.add_subparsers(dest="model", required=True, metavar="MODEL")
@@ -132,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "inference/behavior/configs/behavior-<dataset>.yaml)")
     bench_behavior.add_argument("--knowledge-init", action="store_true",
                                 help="ablation: start item tokens from the knowledge embeddings")
-    bench_behavior.add_argument("--genres", nargs="+", default=["Sci-Fi", "Horror"],
-                                help="beyond-log: the catalogue slice removed from the test users")
+    bench_behavior.add_argument("--test-share", type=float, default=0.5,
+                                help="beyond-log: share of the eligible users whose personal slice is half hidden "
+                                "(bench/beyond_log.py)")
     bench_behavior.add_argument("--batches", type=int, nargs="+", default=[1, 16, 128, 1024])
     bench_behavior.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16])
     bench_behavior.add_argument("--speed-dim", type=int, default=None, help="speed: model width (default: config)")
@@ -319,6 +330,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_behavior(args: argparse.Namespace) -> int:
+    if args.rft:
+        return _tune_behavior(args)
     from bench.behavior import knowledge_matrix
     from inference.behavior.train import load_behavior_config, save_behavior, train_behavior
     from ranking.experiment import dataset_record, load_sequences
@@ -331,6 +344,35 @@ def _train_behavior(args: argparse.Namespace) -> int:
     artifact = save_behavior(result, cfg, dataset_record(data), version)
     print(f"saved {artifact.path} (best epoch {result.best_epoch}, held-out recall@{result.model_config.slots} "
           f"{result.valid_recall:.4f}, knowledge {version or 'off'})")
+    return 0
+
+
+def _tune_behavior(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from bench.behavior import plot_rft_curve
+    from inference.behavior.rft import load_rft_config
+    from inference.behavior.train import behavior_config_of, fine_tune, load_behavior_model, save_tuned_behavior
+    from ranking.artifacts import load_artifact, resolve_artifact
+    from ranking.experiment import load_ranker, load_sequences
+
+    rft = load_rft_config(args.config, args.dataset)
+    rft = replace(rft, **{k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None})
+    parent = load_artifact(resolve_artifact(args.parent or args.dataset, kind="behavior"))
+    data = load_sequences(args.dataset, args.data_dir)
+    if parent.dataset.get("fingerprint") not in (None, data.fingerprint):
+        raise ValueError(f"behaviour artifact {parent.version} was trained on other data than {args.dataset}")
+    cfg = replace(behavior_config_of(parent), rft=rft)
+    ranker, ranker_name = None, f"trained from {rft.reward_ranker}"
+    if args.reward_ranker:
+        ranker_artifact = load_artifact(resolve_artifact(args.reward_ranker))
+        ranker, ranker_name = load_ranker(ranker_artifact, rft.device), ranker_artifact.version
+    tuned = fine_tune(data, load_behavior_model(parent, rft.device), cfg, ranker, progress=not args.quiet)
+    artifact = save_tuned_behavior(tuned, parent, rft, ranker_name)
+    print(f"saved {artifact.path} (tuned from {parent.version}; greedy reward on fixed cuts "
+          f"{tuned.eval_before:+.5f} -> {tuned.eval_after:+.5f}, {len(tuned.curve)} steps, {tuned.seconds:.0f} s)")
+    if args.plot:
+        print(f"wrote {plot_rft_curve(tuned.curve, args.plot, f'RFT of {parent.version}')}")
     return 0
 
 
@@ -439,11 +481,19 @@ def _bench_behavior(args: argparse.Namespace) -> int:
         path = bench.write_result({**record, **result}, args.out, f"behavior-ablation-{args.dataset}.json")
         print(bench.ablation_table(result) + f"\n({result['sparse_users']} sparse users; JSON: {path})\n")
     if "beyond-log" in args.part:
-        genres = dict(zip(dataset.items.item_id, dataset.items.genres, strict=True))
-        result = bench.run_beyond_log(data, genres, ranker_cfg, behavior_cfg, args.genres, progress=not args.quiet)
+        from bench.beyond_log import beyond_log_table, run_beyond_log
+        from inference.behavior.rft import load_rft_config
+
+        genres_of = dict(zip(dataset.items.item_id, dataset.items.genres, strict=True))
+        item_genres = [set()] + [set(genres_of.get(item, ())) for item in data.item_ids]
+        if behavior_cfg.rft is None:
+            behavior_cfg = replace(behavior_cfg, rft=load_rft_config(None, args.dataset))
+        knowledge = bench.knowledge_matrix(data)[0]  # the knowledge-initialised variant runs when there is one
+        result = run_beyond_log(data, item_genres, ranker_cfg, behavior_cfg, knowledge, args.test_share,
+                                progress=not args.quiet)
         path = bench.write_result({**record, **result}, args.out, f"behavior-beyond-log-{args.dataset}.json")
-        print(bench.beyond_log_table(result) + f"\n({result['test_users']} test users, slice {args.genres}: "
-              f"{result['slice_items']} items; JSON: {path})\n")
+        print(beyond_log_table(result) + f"\n({result['test_users']} test users, median "
+              f"{result['hidden_per_user_median']:.0f} hidden items each; JSON: {path})\n")
     if "speed" in args.part:
         model_cfg = BehaviorConfig(num_items=data.num_items, **behavior_cfg.model)
         if args.speed_dim:

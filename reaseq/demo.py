@@ -117,7 +117,7 @@ def knowledge_step(data, titles: dict[str, str], step: str) -> dict[str, Any]:
 
 def behavior_step(args: argparse.Namespace, data, titles: dict[str, str], step: str):
     """Train the behaviour model, show what it infers for a user, and infer for everyone (ranker input)."""
-    from inference.behavior.sampling import SamplingConfig
+    from inference.behavior.diffusion import SamplingConfig
     from inference.behavior.train import inferred_extras, load_behavior_config, save_behavior, train_behavior
     from ranking.experiment import dataset_record
 

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel, diffusion_loss
-from inference.behavior.sampling import (
+from inference.behavior.diffusion import (
     SamplingConfig,
     commit_schedule,
+    diffusion_loss,
     encode_histories,
     sample_cached,
     sample_reference,
 )
+from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
 from inference.behavior.train import BehaviorTrainConfig, random_cuts, split_histories, train_behavior
 from streaming.behavior import RefreshPolicy, events_since_inference, needs_refresh, with_inference
 from streaming.state import UserState

@@ -4,10 +4,8 @@ The sequence is the user's history (left-padded, positions counted back from the
 followed by K slots for the behaviours to infer. Attention is structured so the history can be
 cached exactly: history tokens attend only to the history; slot tokens attend to the history and to
 each other. The history's keys and values therefore never depend on the slots, and a sampler can
-encode them once per user and reuse them across every denoising step.
-
-Training follows the masked-diffusion ELBO (MDLM / LLaDA): t ~ U(0, 1), each target slot masked
-with probability t, cross-entropy on the masked slots weighted by 1/t.
+encode them once per user and reuse them across every denoising step. The loss and the samplers are in
+inference.behavior.diffusion.
 """
 
 from __future__ import annotations
@@ -109,7 +107,7 @@ class DiffusionBehaviorModel(nn.Module):
     def _check(self, history: torch.Tensor, slots: torch.Tensor | None = None) -> None:
         if history.shape[1] > self.cfg.max_history:
             raise ValueError(f"history length {history.shape[1]} exceeds max_history {self.cfg.max_history}; "
-                             "keep the latest items (see inference.behavior.sampling.encode_histories)")
+                             "keep the latest items (see inference.behavior.diffusion.encode_histories)")
         if slots is not None and slots.shape[1] > self.cfg.slots:
             raise ValueError(f"{slots.shape[1]} slots exceed the model's {self.cfg.slots}")
 
@@ -170,24 +168,3 @@ def excluded_tokens(history: torch.Tensor, num_items: int) -> torch.Tensor:
     banned.scatter_(1, history, True)
     banned[:, 0] = True
     return banned
-
-
-def diffusion_loss(model: DiffusionBehaviorModel, history: torch.Tensor, targets: torch.Tensor,
-                   generator: torch.Generator | None = None, eps: float = 1e-3) -> torch.Tensor:
-    """Masked-diffusion ELBO: mask targets (B, K; 0 = none) with probability t ~ U(eps, 1), predict them,
-    cross-entropy weighted by 1/t, averaged over the real target tokens."""
-    batch, k_len = targets.shape
-    device = targets.device
-    real = targets != 0
-    t = torch.rand(batch, 1, generator=generator, device=device) * (1 - eps) + eps
-    masked = (torch.rand(batch, k_len, generator=generator, device=device) < t) & real
-    # every row with a target masks at least one of them (a row with nothing masked teaches nothing)
-    pick = torch.where(real, torch.rand(batch, k_len, generator=generator, device=device), -1.0).argmax(1)
-    none = ~masked.any(1) & real.any(1)
-    masked[none, pick[none]] = True
-    inputs = torch.where(masked, torch.full_like(targets, model.cfg.mask_token), targets)
-    logits = model(history, inputs).float()
-    logits = logits.masked_fill(excluded_tokens(history, model.cfg.num_items)[:, None, :], -1e4)
-    ce = F.cross_entropy(logits[masked], targets[masked], reduction="none")
-    weights = (1.0 / t).expand(batch, k_len)[masked]
-    return (ce * weights).sum() / real.sum().clamp_min(1)

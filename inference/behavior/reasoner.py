@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from inference.behavior.diffusion import SamplingConfig, encode_histories, sample_cached
 from inference.behavior.model import DiffusionBehaviorModel
-from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
 from ranking.artifacts import catalogue_item_ids, load_artifact, resolve_artifact
 from ranking.fit import autocast_for
 
@@ -31,6 +31,7 @@ class BehaviorReasoner:
     version: str
     device: str
     sampling: SamplingConfig
+    parent: str | None = None  # the version an RFT-tuned model was tuned from
 
     @staticmethod
     def load(spec: str, device: str = "auto") -> BehaviorReasoner:
@@ -41,7 +42,7 @@ class BehaviorReasoner:
         item_ids = catalogue_item_ids(artifact)
         sampling = SamplingConfig(**artifact.config["train"].get("sampling", {}))
         return BehaviorReasoner(model, item_ids, {item: i + 1 for i, item in enumerate(item_ids)}, artifact.version,
-                                str(next(model.parameters()).device), sampling)
+                                str(next(model.parameters()).device), sampling, artifact.config.get("parent"))
 
     def sampling_with(self, **overrides: Any) -> SamplingConfig:
         """The artifact's sampling settings with some replaced (None = keep)."""

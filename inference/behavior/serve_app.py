@@ -1,8 +1,9 @@
 """Ray Serve BehaviorReasoner deployment: infers beyond-log behaviours for batches of user states.
 
 One HTTP request carries many users ({"users": [{"user_id", "recent_items"}...]}); concurrent requests
-are merged into one sampling pass (inference/serve/app.py). The response names the artifact version,
-which the job stores beside the inferred items. Configuration is data: inference/serve/serve_config.yaml.
+are merged into one sampling pass (inference/serve/app.py). The response names the artifact version
+(and, for an RFT-tuned model, the version it was tuned from); the job stores it beside the inferred
+items. Configuration is data: inference/serve/serve_config.yaml.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class BehaviorReasonerDeployment(BatchedUsersApp):
 
     def run(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return self.reasoner.infer(users, self.sampling)
+
+    def reply_fields(self) -> dict[str, Any]:
+        return {"parent_version": self.reasoner.parent}  # an RFT-tuned model names what it was tuned from
 
     def check_health(self) -> None:
         self.reasoner.check(self.sampling)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import yaml
 
-from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel, diffusion_loss
-from inference.behavior.sampling import SamplingConfig, encode_histories, sample_cached
+from inference.behavior.diffusion import SamplingConfig, diffusion_loss, encode_histories, sample_cached
+from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
+from inference.behavior.rft import RankerReward, RFTConfig, RFTResult, rft_config_from, rft_train
 from ranking.artifacts import Artifact, save_artifact
 from ranking.fit import Batch, Validation, autocast_for, fit
 from ranking.splits import SequenceData
@@ -43,30 +44,33 @@ class BehaviorTrainConfig:
     device: str = "auto"
     model: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
+    rft: RFTConfig | None = None  # reinforcement fine-tuning after pre-training (inference.behavior.rft)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def load_behavior_config(path: str | Path | None, dataset: str, **overrides: Any) -> BehaviorTrainConfig:
-    """BehaviorTrainConfig from YAML (model/train/sampling sections), with overrides (None = keep)."""
+    """BehaviorTrainConfig from YAML (model/train/sampling sections, optionally rft), with overrides (None = keep)."""
     path = Path(path) if path else CONFIG_DIR / f"behavior-{dataset}.yaml"
     if not path.is_file():
         raise ValueError(f"behaviour config {path} not found; pass --config with a YAML file like "
                          f"{CONFIG_DIR / 'behavior-ml-100k.yaml'}")
     raw = yaml.safe_load(path.read_text()) or {}
     allowed = {"model": {f.name for f in fields(BehaviorConfig)} - {"num_items"},
-               "train": {f.name for f in fields(BehaviorTrainConfig)} - {"model", "sampling"},
+               "train": {f.name for f in fields(BehaviorTrainConfig)} - {"model", "sampling", "rft"},
                "sampling": {f.name for f in fields(SamplingConfig)}}
-    if not isinstance(raw, dict) or set(raw) - set(allowed):
-        raise ValueError(f"{path}: top-level keys must be among {sorted(allowed)}, got {list(raw)}")
+    if not isinstance(raw, dict) or set(raw) - set(allowed) - {"rft"}:
+        raise ValueError(f"{path}: top-level keys must be among {[*sorted(allowed), 'rft']}, got {list(raw)}")
     for section, keys in allowed.items():
         unknown = set(raw.get(section) or {}) - keys
         if unknown:
             raise ValueError(f"{path}: unknown {section} keys {sorted(unknown)}; allowed: {sorted(keys)}")
     train = dict(raw.get("train") or {})
     train.update({k: v for k, v in overrides.items() if v is not None})
-    return BehaviorTrainConfig(model=dict(raw.get("model") or {}), sampling=dict(raw.get("sampling") or {}), **train)
+    rft = rft_config_from(raw["rft"], str(path)) if raw.get("rft") is not None else None
+    return BehaviorTrainConfig(model=dict(raw.get("model") or {}), sampling=dict(raw.get("sampling") or {}),
+                               rft=rft, **train)
 
 
 @dataclass
@@ -186,9 +190,59 @@ def save_behavior(result: BehaviorResult, cfg: BehaviorTrainConfig, dataset: dic
                "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
                "device": result.device, "history": result.history}
     config = {"model": result.model_config.to_dict(), "train": cfg.to_dict(), "kind": "masked-diffusion",
-              "knowledge_version": knowledge_version}
+              "knowledge_version": knowledge_version, "parent": None}
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return save_artifact("behavior", dataset, config, state, metrics, root)
+
+
+def save_tuned_behavior(tuned: RFTResult, parent: Artifact, rft: RFTConfig, reward_ranker: str,
+                        root: Path | None = None) -> Artifact:
+    """Save an RFT-tuned model as a new version of the parent's dataset; its config names the parent."""
+    metrics = {"eval_reward_before": tuned.eval_before, "eval_reward_after": tuned.eval_after,
+               "rft_seconds": round(tuned.seconds, 1), "curve": tuned.curve}
+    config = {**parent.config, "kind": "masked-diffusion-rft", "parent": parent.version,
+              "rft": rft.to_dict(), "reward_ranker": reward_ranker}
+    state = {k: v.detach().cpu() for k, v in tuned.model.state_dict().items()}
+    return save_artifact("behavior", parent.dataset, config, state, metrics, root)
+
+
+def train_reward_ranker(data: SequenceData, model: DiffusionBehaviorModel, cfg: BehaviorTrainConfig,
+                        rft: RFTConfig, device: str, progress: bool = True):
+    """The ranker the reward asks: `rft.reward_ranker`'s config reading the parent model's inferences."""
+    from dataclasses import replace
+
+    from ranking.config import load_train_config
+    from ranking.train import train_ranker
+
+    sampling = SamplingConfig(**cfg.sampling)
+    extras = inferred_extras(model, data, cfg.holdout, sampling, device)
+    ranker_cfg = load_train_config(rft.reward_ranker, data.dataset, device=device, seed=rft.seed)
+    ranker_cfg = replace(ranker_cfg, model={**ranker_cfg.model, "extra_len": sampling.slots})
+    return train_ranker(data, ranker_cfg, extra=extras["train"], valid_extra=extras["valid"], progress=progress)
+
+
+def fine_tune(data: SequenceData, model: DiffusionBehaviorModel, cfg: BehaviorTrainConfig, ranker=None,
+              progress: bool = True) -> RFTResult:
+    """RFT of a pre-trained model (a copy; the parent is untouched) with `cfg.rft`; `ranker`: the reward's
+    ranker (a SequentialRanker reading K extra items), trained here from `cfg.rft.reward_ranker` when None."""
+    import copy
+
+    if cfg.rft is None:
+        raise ValueError("the behaviour config has no 'rft:' section (see "
+                         f"{CONFIG_DIR / 'behavior-ml-100k-rft.yaml'})")
+    device = pick_device(cfg.rft.device)
+    model = copy.deepcopy(model).to(device)
+    if ranker is None:
+        ranker = train_reward_ranker(data, model, cfg, cfg.rft, device, progress).model
+    reward = RankerReward(ranker.to(device), cfg.rft.reward, device)
+    sampling = SamplingConfig(**cfg.sampling)
+    return rft_train(model, data, reward, cfg.rft, sampling, device, progress=progress)
+
+
+def behavior_config_of(artifact: Artifact) -> BehaviorTrainConfig:
+    """The training settings a behaviour artifact was made with (without its rft section)."""
+    known = {f.name for f in fields(BehaviorTrainConfig)} - {"rft"}
+    return BehaviorTrainConfig(**{k: v for k, v in artifact.config["train"].items() if k in known})
 
 
 def load_behavior_model(artifact: Artifact, device: str = "auto") -> DiffusionBehaviorModel:

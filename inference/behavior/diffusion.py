@@ -1,4 +1,9 @@
-"""Sampling beyond-log behaviours: K masked slots, S denoising steps, low-confidence remasking.
+"""Masked diffusion over the K behaviour slots: the training loss, the samplers, the one-step likelihood.
+
+Training follows the masked-diffusion ELBO (MDLM / LLaDA): t ~ U(0, 1), each target slot masked with
+probability t, cross-entropy on the masked slots weighted by 1/t.
+
+Sampling beyond-log behaviours: K masked slots, S denoising steps, low-confidence remasking.
 
 At each step the model predicts every still-masked slot; the most confident predictions are
 committed (one at a time, so an item committed to one slot is excluded from the others) and the rest
@@ -14,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from inference.behavior.model import DiffusionBehaviorModel, excluded_tokens
 
@@ -111,3 +117,24 @@ def _fit(model: DiffusionBehaviorModel, cfg: SamplingConfig) -> SamplingConfig:
     if cfg.slots > model.cfg.slots:
         raise ValueError(f"asked for {cfg.slots} slots; the model was trained with {model.cfg.slots}")
     return cfg
+
+
+def diffusion_loss(model: DiffusionBehaviorModel, history: torch.Tensor, targets: torch.Tensor,
+                   generator: torch.Generator | None = None, eps: float = 1e-3) -> torch.Tensor:
+    """Masked-diffusion ELBO: mask targets (B, K; 0 = none) with probability t ~ U(eps, 1), predict them,
+    cross-entropy weighted by 1/t, averaged over the real target tokens."""
+    batch, k_len = targets.shape
+    device = targets.device
+    real = targets != 0
+    t = torch.rand(batch, 1, generator=generator, device=device) * (1 - eps) + eps
+    masked = (torch.rand(batch, k_len, generator=generator, device=device) < t) & real
+    # every row with a target masks at least one of them (a row with nothing masked teaches nothing)
+    pick = torch.where(real, torch.rand(batch, k_len, generator=generator, device=device), -1.0).argmax(1)
+    none = ~masked.any(1) & real.any(1)
+    masked[none, pick[none]] = True
+    inputs = torch.where(masked, torch.full_like(targets, model.cfg.mask_token), targets)
+    logits = model(history, inputs).float()
+    logits = logits.masked_fill(excluded_tokens(history, model.cfg.num_items)[:, None, :], -1e4)
+    ce = F.cross_entropy(logits[masked], targets[masked], reduction="none")
+    weights = (1.0 / t).expand(batch, k_len)[masked]
+    return (ce * weights).sum() / real.sum().clamp_min(1)
