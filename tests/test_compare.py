@@ -124,3 +124,33 @@ def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_pat
     (tmp_path / "work" / "runs" / "behaviors-seed1.json").unlink()
     with pytest.raises(ValueError, match="by epochs only"):
         main_from_args(parser.parse_args(argv))
+
+
+def test_an_rft_arm_tunes_the_pretrained_model_the_plain_arm_shares(tmp_path):
+    sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
+    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
+             "  patience: 1\n  device: cpu\n"
+    (tmp_path / "ids.yaml").write_text(ranker)
+    behavior = ("model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
+                "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n"
+                "  device: cpu\nsampling:\n  slots: 3\n  steps: 2\n")
+    (tmp_path / "behavior.yaml").write_text(behavior)
+    (tmp_path / "behavior-rft.yaml").write_text(
+        behavior + f"rft:\n  steps: 2\n  users_per_step: 4\n  group_size: 2\n  eval_users: 5\n  device: cpu\n"
+                   f"  reward_ranker: {tmp_path / 'ids.yaml'}\n"
+                   "  reward:\n    future: 2\n    k: 5\n    min_history: 2\n")
+    (tmp_path / "plain.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
+    (tmp_path / "rft.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior-rft.yaml'}\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--sequences", str(sequences), "--arm", f"plain={tmp_path / 'plain.yaml'}",
+            "--arm", f"rft={tmp_path / 'rft.yaml'}", "--seeds", "1",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main_from_args(parser.parse_args(argv)) == 0
+    assert len(list((tmp_path / "work" / "behaviors").glob("*.npz"))) == 2
+    assert len(list((tmp_path / "work" / "behaviors").glob("pretrained-*.pt"))) == 1  # trained once, shared
+    result = json.loads((tmp_path / "out" / "compare-synthetic-plain-vs-rft.json").read_text())
+    tuned = result["arms"]["rft"]["behaviors"]
+    assert [row["step"] for row in tuned["rft"]["curve"]] == [1, 2]
+    assert tuned["holdout_recall"] == result["arms"]["plain"]["behaviors"]["holdout_recall"]
+    assert "rft" not in result["arms"]["plain"]["behaviors"]

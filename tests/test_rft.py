@@ -17,7 +17,9 @@ from inference.behavior.rft import (
     RewardConfig,
     RFTConfig,
     end_cut,
+    future_log_likelihood,
     future_ndcg,
+    future_recall,
     group_advantages,
     grpo_loss,
     one_step_log_probs,
@@ -125,12 +127,25 @@ def test_future_ndcg_by_hand():
     assert future_ndcg(scores, torch.tensor([[0, 0]]), exclude, 3).item() == 0.0
 
 
+def test_future_log_likelihood_and_recall_by_hand():
+    scores = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]])
+    exclude = torch.tensor([[False, True, False, False, False]])  # item 1 is history: 3 candidates remain
+    value = future_log_likelihood(scores, torch.tensor([[2, 3, 0]]), exclude)
+    assert value.item() == pytest.approx(math.log(1 / 3))
+    assert future_recall(torch.tensor([[2, 9]]), torch.tensor([[2, 3, 0]])).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="metric"):
+        RewardConfig(metric="auc")
+
+
 def test_the_reward_is_a_gain_over_no_inference():
     data = sentinel_data()
     reward = RankerReward(tiny_reward_ranker(), RewardConfig(future=5, k=5))
     cuts = [end_cut(data, u, reward.cfg) for u in range(4)]
     padding_only = torch.zeros(8, 4, dtype=torch.long)  # two "inferences" of nothing per cut
     assert torch.allclose(reward(cuts, padding_only), torch.zeros(8))
+    dense = RankerReward(tiny_reward_ranker(), RewardConfig(future=5, k=5, metric="log_likelihood"))
+    assert torch.allclose(dense(cuts, padding_only), torch.zeros(8))
+    assert dense(cuts, torch.randint(1, 50, (8, 4))).abs().sum() > 0  # an inference moves the ranker
     with pytest.raises(ValueError, match="extra_len = 0"):
         RankerReward(tiny_reward_ranker(extra_len=0), RewardConfig())
 

@@ -52,8 +52,11 @@ class RewardConfig:
     k: int = 10
     min_history: int = 5  # cuts leave at least this many items before them
     recall_weight: float = 0.0  # ReRec-style alignment: + weight × share of the future items the inference names
+    metric: str = "ndcg"  # or "log_likelihood": the mean log-softmax gain of the future items (dense, smooth)
 
     def __post_init__(self) -> None:
+        if self.metric not in ("ndcg", "log_likelihood"):
+            raise ValueError(f"reward.metric must be ndcg or log_likelihood, got {self.metric!r}")
         if self.future < 1 or self.k < 1 or self.min_history < 1:
             raise ValueError("reward.future, reward.k and reward.min_history must be >= 1")
         if self.recall_weight < 0:
@@ -167,6 +170,15 @@ def future_ndcg(scores: torch.Tensor, future: torch.Tensor, exclude: torch.Tenso
 Reward = Callable[[Sequence[Cut], torch.Tensor], torch.Tensor]
 
 
+def future_log_likelihood(scores: torch.Tensor, future: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """Mean log-softmax (B,) of each row's future items (0 = none) over the non-excluded items."""
+    scores = scores.float().masked_fill(exclude, float("-inf"))
+    scores[:, 0] = float("-inf")
+    log_probs = torch.log_softmax(scores, 1).gather(1, future).clamp_min(-1e4)
+    real = (future != 0).float()
+    return (log_probs * real).sum(1) / real.sum(1).clamp_min(1)
+
+
 def future_recall(inferred: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
     """Share (B,) of each row's future items (0 = none) that its inference names, over min(K, |future|)."""
     real = future != 0
@@ -195,14 +207,18 @@ class RankerReward:
         for row, cut in enumerate(cuts):  # the whole history, as the evaluation protocol excludes it
             exclude[row, torch.as_tensor(cut.history, dtype=torch.long, device=self.device)] = True
         empty = torch.zeros(len(cuts), self.ranker.cfg.extra_len, dtype=torch.long, device=self.device)
-        base = future_ndcg(self.ranker.score_last(histories, empty), futures, exclude, self.cfg.k)
+        base = self.measure(self.ranker.score_last(histories, empty), futures, exclude)
         extra = left_pad(inferred.cpu().tolist(), self.ranker.cfg.extra_len).to(self.device)
         histories, futures, exclude, base = (t.repeat_interleave(group, 0) for t in (histories, futures, exclude, base))
-        gained = future_ndcg(self.ranker.score_last(histories, extra), futures, exclude, self.cfg.k)
-        reward = gained - base
+        reward = self.measure(self.ranker.score_last(histories, extra), futures, exclude) - base
         if self.cfg.recall_weight:
             reward = reward + self.cfg.recall_weight * future_recall(inferred.to(self.device), futures)
         return reward.cpu()
+
+    def measure(self, scores: torch.Tensor, futures: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+        if self.cfg.metric == "ndcg":
+            return future_ndcg(scores, futures, exclude, self.cfg.k)
+        return future_log_likelihood(scores, futures, exclude)
 
 
 # --- the policy's log-probabilities and the GRPO loss ---------------------------------------------------
