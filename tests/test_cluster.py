@@ -1,6 +1,7 @@
 """The local cluster (streaming/local/): the checker's and the nemesis's pure parts always; the cluster
-itself — three KRaft brokers, a Flink session cluster with two TaskManagers, a Ray cluster, the job
-submitted to it — with one TaskManager and one Kafka leader SIGKILLed mid-stream, checked from outside."""
+itself — three KRaft brokers, ZooKeeper, a Flink session cluster with JobManager HA and two TaskManagers, a
+Ray cluster, the job submitted to it — with one TaskManager, one Kafka leader and the JobManager SIGKILLed
+mid-stream, checked from outside."""
 
 from __future__ import annotations
 
@@ -49,10 +50,34 @@ def test_fault_effects_measure_recovery_from_the_kill_and_latency_around_it():
 def test_fault_schedules_and_victims():
     assert nemesis.parse_faults("taskmanager, kafka-leader,taskmanager+ray-worker") == [
         "taskmanager", "kafka-leader", "taskmanager+ray-worker"]
-    with pytest.raises(ValueError, match="unknown fault 'jobmanager'"):
-        nemesis.parse_faults("taskmanager,jobmanager")
+    with pytest.raises(ValueError, match="unknown fault 'zookeeper'"):
+        nemesis.parse_faults("taskmanager,zookeeper")
+    assert nemesis.parse_faults("jobmanager+taskmanager") == ["jobmanager+taskmanager"]
     assert nemesis.leader_of_most({0: 2, 1: 3, 2: 2, 3: 1}) == 2
     assert nemesis.leader_of_most({0: 3, 1: 1}) == 1  # a tie goes to the lowest id
+
+
+def test_the_jobmanager_is_a_victim_only_with_ha(tmp_path):
+    from streaming.local.cluster import Layout
+
+    with_ha = LocalCluster(tmp_path / "a", Layout())
+    assert nemesis.victims(with_ha, "jobmanager", random.Random(1)) == ["jobmanager"]
+    without = LocalCluster(tmp_path / "b", Layout(ha=False))
+    with pytest.raises(ValueError, match="loses the job without JobManager HA"):
+        nemesis.victims(without, "jobmanager", random.Random(1))
+
+
+def test_ha_puts_leader_election_and_recovery_data_in_zookeeper(tmp_path):
+    from streaming.local.cluster import Layout, flink_cluster_configuration, zookeeper_configuration
+
+    ports = {"flink-rpc": 1, "flink-rest": 2, "zookeeper": 2181}
+    conf = flink_cluster_configuration(Layout(), tmp_path, ports)
+    assert conf["high-availability.type"] == "zookeeper"
+    assert conf["high-availability.zookeeper.quorum"] == "127.0.0.1:2181"
+    assert conf["high-availability.storageDir"] == (tmp_path / "flink" / "ha").as_uri()
+    assert not [k for k in flink_cluster_configuration(Layout(ha=False), tmp_path, ports) if "high-availability" in k]
+    zoo = zookeeper_configuration(tmp_path, 2181)
+    assert "clientPort=2181" in zoo and "clientPortAddress=127.0.0.1" in zoo and "admin.enableServer=false" in zoo
 
 
 def test_kafka_nodes_form_a_static_quorum_with_replicated_internal_topics(tmp_path):
@@ -66,7 +91,8 @@ def test_kafka_nodes_form_a_static_quorum_with_replicated_internal_topics(tmp_pa
 
 
 @pytest.mark.slow
-def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(tmp_path, ml100k, ml100k_sequences):
+def test_the_job_on_the_cluster_survives_a_killed_taskmanager_kafka_leader_and_jobmanager(tmp_path, ml100k,
+                                                                                         ml100k_sequences):
     from ranking.experiment import train_and_save
     from streaming.local.cluster import Layout
     from streaming.replay import interactions_to_events
@@ -77,7 +103,7 @@ def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(t
     try:
         cluster.up()
         events = interactions_to_events(ml100k.interactions, limit=3000)
-        found = nemesis.run(cluster, events, rate=60.0, schedule=["taskmanager", "kafka-leader"],
+        found = nemesis.run(cluster, events, rate=60.0, schedule=["taskmanager", "kafka-leader", "jobmanager"],
                             first_fault_s=12.0, fault_every_s=15.0, restart_after_s=5.0, settle_timeout_s=240.0,
                             seed=random.Random(7).randint(0, 10**6))
     finally:
@@ -86,7 +112,7 @@ def test_the_job_on_the_cluster_survives_a_killed_taskmanager_and_kafka_leader(t
     assert sessions and not [pid for session in sessions for pid in session_processes(session)]
     report = found.report
     assert report is not None and report.passed, report.summary()
-    assert [f.name for f in found.faults] == ["taskmanager", "kafka-leader"]
+    assert [f.name for f in found.faults] == ["taskmanager", "kafka-leader", "jobmanager"]
     assert found.undelivered == 0 and report.events_in == len(events)
     assert all(effect["recovery_s"] is not None for effect in found.effects), found.effects
 

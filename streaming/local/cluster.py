@@ -7,15 +7,19 @@ a Ray cluster with the Ranker on Serve, and the job submitted to the session clu
 - Flink: one JobManager and `taskmanagers` TaskManagers from the scripts PyFlink ships
   (`jobmanager.sh` / `taskmanager.sh start-foreground`), one slot each, the job at parallelism
   `taskmanagers` (each TaskManager holds a share of the keyed state), checkpoints on a shared local path,
-  RocksDB. JobManager high availability is not set up (the JobManager is not among the faults).
+  RocksDB. JobManager high availability (`ha`, on by default): Flink's ZooKeeper HA against one ZooKeeper
+  server, the ZooKeeper 3 that Flink's own distribution ships shaded inside flink-dist (the server
+  `pyflink/bin/zookeeper.sh` starts, and the version Flink's HA client is built against; nothing to
+  download); the job graph, its artifacts and the checkpoint pointers live under `<work>/flink/ha`, so a
+  JobManager killed and started again recovers the running job from its latest checkpoint.
 - Ray: a head node and `ray_workers` worker nodes (`ray start --block`), the Ranker with one replica per node
   (`max_replicas_per_node: 1`), Serve's HTTP proxy on the head.
 
-Memory (24 GiB, 2 cores): Kafka 3 × (384 MiB heap, ≈0.6 GiB resident), JobManager 1 GiB, TaskManagers
-2 × 1.5 GiB (their embedded Python included), Ray head ≈1.5 GiB and worker ≈1 GiB with one Ranker replica
-each: ≈9 GiB in all. Every process runs in its own session; `down` kills each session whole and checks
-that none of its processes is left. The harness writes what it started to `<work>/cluster.json`, so
-`status`, `down` and the nemesis work from another process.
+Memory (24 GiB, 2 cores): Kafka 3 × (384 MiB heap, ≈0.6 GiB resident), ZooKeeper 128 MiB heap,
+JobManager 1 GiB, TaskManagers 2 × 1.5 GiB (their embedded Python included), Ray head ≈1.5 GiB and
+worker ≈1 GiB with one Ranker replica each: ≈9 GiB in all. Every process runs in its own session;
+`down` kills each session whole and checks that none of its processes is left. The harness writes what
+it started to `<work>/cluster.json`, so `status`, `down` and the nemesis work from another process.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Layout:
     checkpoint_interval_ms: int = 2_000
     artifact: str = "ml-100k"
     shards: int = 8
+    ha: bool = True  # JobManager high availability through ZooKeeper
+    zookeeper_heap: str = "128m"
 
     def topics(self) -> TopicsConfig:
         return TopicsConfig(partitions=self.partitions, replication_factor=min(3, self.brokers))
@@ -68,7 +74,7 @@ class Member:
     """One process of the cluster: how to start it again, and its pid while it runs."""
 
     name: str
-    role: str  # kafka | jobmanager | taskmanager | ray-head | ray-worker
+    role: str  # kafka | zookeeper | jobmanager | taskmanager | ray-head | ray-worker
     command: list[str]
     env: dict[str, str]
     log: str
@@ -95,6 +101,22 @@ class ClusterState:
         data = json.loads(text)
         data["members"] = {name: Member(**m) for name, m in data["members"].items()}
         return ClusterState(**data)
+
+
+# the ZooKeeper 3 server inside flink-dist (relocated by Flink's shading, as pyflink/bin/zookeeper.sh runs it)
+ZOOKEEPER_MAIN = "org.apache.flink.shaded.zookeeper3.org.apache.zookeeper.server.ZooKeeperServerMain"
+
+
+def zookeeper_answers(port: int) -> bool:
+    """True when a ZooKeeper server on loopback answers the `srvr` four-letter command."""
+    import socket
+
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as conn:
+            conn.sendall(b"srvr")
+            return b"Zookeeper version" in conn.recv(1024)
+    except OSError:
+        return False
 
 
 class ClusterError(RuntimeError):
@@ -214,7 +236,25 @@ def flink_cluster_configuration(layout: Layout, work: Path, ports: dict[str, int
         "python.executable": python, "python.client.executable": python, "python.execution-mode": "thread",
         "io.tmp.dirs": str(work / "flink" / "tmp"),
         "env.java.opts.all": " ".join(java_module_options()),
+        **(flink_ha_configuration(work, ports["zookeeper"]) if layout.ha else {}),
     }
+
+
+def flink_ha_configuration(work: Path, zookeeper_port: int) -> dict[str, str]:
+    """Flink's ZooKeeper HA: leader election and the job's recovery data. A short session timeout lets a
+    restarted JobManager take over from a SIGKILLed one within seconds (its leader node expires with it)."""
+    return {"high-availability.type": "zookeeper",
+            "high-availability.zookeeper.quorum": f"{HOST}:{zookeeper_port}",
+            "high-availability.storageDir": (work / "flink" / "ha").as_uri(),
+            "high-availability.cluster-id": "/reaseq-local",
+            "high-availability.zookeeper.client.session-timeout": "6000",
+            "high-availability.zookeeper.client.connection-timeout": "5000"}
+
+
+def zookeeper_configuration(data_dir: Path, port: int) -> str:
+    """zoo.cfg of a standalone ZooKeeper on loopback (no admin server, no client limit)."""
+    return (f"tickTime=1000\ndataDir={data_dir}\nclientPort={port}\nclientPortAddress={HOST}\n"
+            "admin.enableServer=false\nmaxClientCnxns=0\nminSessionTimeout=2000\n")
 
 
 def java_module_options() -> list[str]:
@@ -328,6 +368,8 @@ class LocalCluster:
         started = time.monotonic()
         try:
             self._kafka(progress)
+            if self.layout.ha:
+                self._zookeeper(progress)
             self._flink(progress)
             self._ray(progress)
             self._serve(progress)
@@ -386,6 +428,23 @@ class LocalCluster:
             finally:
                 admin.close()
         return sorted(b.get("broker_id", b.get("node_id")) for b in brokers if not b.get("is_fenced"))
+
+    def _zookeeper(self, progress) -> None:
+        from streaming.jvm_deps import require_java
+
+        java, lib = require_java(), flink_home() / "lib"
+        node = self.work / "zookeeper"
+        (node / "data").mkdir(parents=True)
+        self.state.ports["zookeeper"] = free_port()
+        (node / "zoo.cfg").write_text(zookeeper_configuration(node / "data", self.state.ports["zookeeper"]))
+        classpath = os.pathsep.join(str(jar) for jar in sorted(lib.glob("*.jar"))
+                                    if jar.name.startswith(("flink-dist", "log4j")))
+        self._add("zookeeper", "zookeeper", [java, f"-Xmx{self.layout.zookeeper_heap}", "-XX:+ExitOnOutOfMemoryError",
+                                             "-cp", classpath, ZOOKEEPER_MAIN, str(node / "zoo.cfg")], {})
+        self.start("zookeeper")
+        wait_until("ZooKeeper", lambda: zookeeper_answers(self.state.ports["zookeeper"]), 60)
+        progress(f"zookeeper: {HOST}:{self.state.ports['zookeeper']} (JobManager HA, recovery data under "
+                 f"{self.work / 'flink' / 'ha'})")
 
     def _flink(self, progress) -> None:
         from streaming.jvm_deps import require_java, resolve_jars

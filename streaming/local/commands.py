@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ def add_arguments(cluster: argparse.ArgumentParser) -> None:
     up.add_argument("--brokers", type=int, default=3)
     up.add_argument("--taskmanagers", type=int, default=2)
     up.add_argument("--ray-workers", type=int, default=1)
+    up.add_argument("--ha", action=argparse.BooleanOptionalAction, default=True,
+                    help="JobManager high availability through ZooKeeper (default on)")
     up.add_argument("--artifact", default="ml-100k", help="ranker artifact Serve loads (default: latest ml-100k)")
     for action in (up, actions.add_parser("status", help="each process alive or not, brokers, TaskManagers and "
                                           "the job's state"),
@@ -33,7 +36,8 @@ def main_from_args(args: argparse.Namespace) -> int:
     try:
         if args.cluster_command == "up":
             cluster = LocalCluster(work, Layout(brokers=args.brokers, taskmanagers=args.taskmanagers,
-                                                ray_workers=args.ray_workers, artifact=args.artifact))
+                                                ray_workers=args.ray_workers, artifact=args.artifact,
+                                                ha=args.ha))
             cluster.up()
             print(f"\nKafka: {cluster.bootstrap_servers}\nFlink: {cluster.rest_url}\nServe: {cluster.serve_url}\n"
                   f"replay into it: reaseq stream replay --bootstrap-servers {cluster.bootstrap_servers}\n"
@@ -57,7 +61,8 @@ def add_nemesis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="events per second (steady)")
     parser.add_argument("--events", type=int, default=20_000, help="ML-100K ratings to replay")
     parser.add_argument("--faults", default="taskmanager,kafka-leader,ray-worker,taskmanager+kafka-leader",
-                        help="comma-separated schedule; combine with + (taskmanager, kafka-leader, ray-worker)")
+                        help="comma-separated schedule; combine with + (taskmanager, kafka-leader, ray-worker, "
+                        "jobmanager)")
     parser.add_argument("--first-fault-s", type=float, default=20.0)
     parser.add_argument("--fault-every-s", type=float, default=60.0, help="one fault per this many seconds")
     parser.add_argument("--restart-after-s", type=float, default=5.0)
@@ -75,6 +80,8 @@ def nemesis_main(args: argparse.Namespace) -> int:
     from streaming.replay import interactions_to_events
 
     schedule = nemesis.parse_faults(args.faults)
+    # the client's event loop warns whenever a busy machine delays it: thousands of lines under load
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     cluster = LocalCluster(Path(args.work)) if args.start else LocalCluster.load(Path(args.work))
     if args.start:
         cluster.up()

@@ -3,9 +3,9 @@ processes on a schedule, then the outside checker (checker.py) compares the outp
 
 Faults (each kills with SIGKILL and restarts the killed processes `restart_after_s` later, as a
 supervisor would): `taskmanager` (one TaskManager), `kafka-leader` (the broker leading most partitions of
-the events topic), `ray-worker` (the Ray worker node, its Serve replica with it), and combinations joined
-with `+` (e.g. `taskmanager+kafka-leader`). JobManager kills need JobManager HA, which the local cluster
-does not set up.
+the events topic), `ray-worker` (the Ray worker node, its Serve replica with it), `jobmanager` (the JobManager: needs
+the cluster's JobManager HA, on by default; a restarted JobManager recovers the job from ZooKeeper and
+the latest checkpoint), and combinations joined with `+` (e.g. `taskmanager+kafka-leader`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from streaming.local.checker import CheckReport, Fault, OutputReader, check, fault_effects
 from streaming.local.cluster import LocalCluster
 
-FAULTS = ("taskmanager", "kafka-leader", "ray-worker")
+FAULTS = ("taskmanager", "kafka-leader", "ray-worker", "jobmanager")
 
 
 def parse_faults(spec: str) -> list[str]:
@@ -63,6 +63,11 @@ def victims(cluster: LocalCluster, fault: str, rng: random.Random) -> list[str]:
             names.append(f"kafka-{leader_of_most(events_topic_leaders(cluster))}")
         elif part == "ray-worker":
             names.append(rng.choice([m.name for m in cluster.members("ray-worker")]))
+        elif part == "jobmanager":
+            if not cluster.layout.ha:
+                raise ValueError("killing the JobManager loses the job without JobManager HA: start the cluster "
+                                 "with HA (the default) or leave the jobmanager fault out")
+            names.append("jobmanager")
     return names
 
 
