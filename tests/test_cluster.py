@@ -167,3 +167,46 @@ def test_up_refuses_a_folder_whose_cluster_still_runs(tmp_path):
         member.kill()
         member.wait()
     assert (tmp_path / "cluster.json").exists()  # nothing of it was removed
+
+
+def test_jvms_are_judged_by_their_live_heap_and_other_processes_by_rss():
+    from streaming.local.soak import verdict
+
+    times = list(range(0, 1200, 60))
+    # a JVM whose resident memory climbs toward its heap limit while its live heap stays put
+    samples = [{"t": t, "rss_mib": {"kafka-1": 300.0 + t / 10, "ray-head": 800.0}} for t in times]
+    heaps = [{"t": t, "heap_mib": {"kafka-1": 90.0 + (t % 120) / 60}} for t in times]
+    memory = verdict(samples, heaps, warmup_s=300, tolerance=0.10)
+    assert memory["kafka-1"]["judged_by"] == "live_heap" and memory["kafka-1"]["rss"]["relative_growth"] > 0.2
+    assert memory["ray-head"]["judged_by"] == "rss" and memory["flat"]
+    leaking = [{"t": t, "heap_mib": {"kafka-1": 90.0 + t / 5}} for t in times]
+    assert not verdict(samples, leaking, warmup_s=300, tolerance=0.10)["flat"]
+
+
+def test_a_jvms_live_heap_is_read_after_a_full_collection(tmp_path):
+    import subprocess
+
+    from streaming.jvm_deps import require_java
+    from streaming.kafka_broker import free_port
+    from streaming.local.cluster import ZOOKEEPER_MAIN, flink_home, zookeeper_answers, zookeeper_configuration
+    from streaming.local.soak import jvm_live_heap_mib, session_jvm
+
+    port = free_port()
+    (tmp_path / "zoo.cfg").write_text(zookeeper_configuration(tmp_path, port))
+    jar = next((flink_home() / "lib").glob("flink-dist-*.jar"))
+    jvm = subprocess.Popen([require_java(), "-Xmx64m", "-cp", str(jar), ZOOKEEPER_MAIN, str(tmp_path / "zoo.cfg")],
+                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        while not zookeeper_answers(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert zookeeper_answers(port), "the ZooKeeper server flink-dist ships did not answer"
+        assert session_jvm(jvm.pid) == jvm.pid
+        heap = jvm_live_heap_mib(jvm.pid)
+        assert heap is not None and 0 < heap < 64
+    finally:
+        jvm.kill()
+        jvm.wait()
+    assert jvm_live_heap_mib(jvm.pid) is None  # a JVM that is gone gives no number
