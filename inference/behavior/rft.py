@@ -67,13 +67,13 @@ class RewardConfig:
 class RFTConfig:
     """GRPO settings: a fixed budget of steps, each over `users_per_step` users × `group_size` samples."""
 
-    steps: int = 150
+    steps: int = 300
     users_per_step: int = 32
     group_size: int = 8
     temperature: float = 1.0
-    lr: float = 1e-4
+    lr: float = 5e-4
     clip: float = 0.2
-    kl: float = 0.05
+    kl: float = 0.02
     updates_per_step: int = 2
     curriculum_floor: float = 0.1
     eval_users: int = 400
