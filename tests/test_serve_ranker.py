@@ -124,3 +124,20 @@ def test_real_serve_batches_requests_and_survives_a_killed_replica(tiny_artifact
         ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
         after = client.score(users[:4])  # retried with backoff until Serve has replaced the replica
         assert [r["user_id"] for r in after["results"]] == ["0", "1", "2", "3"]
+
+
+def test_a_serve_start_that_fails_leaves_no_ray_behind(tmp_path):
+    """A failed start must not leave Ray initialised: the next LocalServe (another test, a retry) would refuse."""
+    import ray
+    import yaml
+
+    from inference.serve.local import SERVE_CONFIG, LocalServe, load_serve_config
+
+    config = load_serve_config()
+    config["applications"] = [app for app in config["applications"] if app["name"] != "ranker"]
+    broken = tmp_path / "serve.yaml"
+    broken.write_text(yaml.safe_dump(config))
+    assert broken != SERVE_CONFIG
+    with pytest.raises(ValueError, match="no application 'ranker'"):
+        LocalServe("unused", num_cpus=1, config_path=broken).start()
+    assert not ray.is_initialized()

@@ -52,6 +52,14 @@ class LocalServe:
         self.stop()
 
     def start(self) -> None:
+        """Ray, Serve and the apps; a start that fails leaves no Ray behind (the next start would refuse)."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         # Serve's proxy can take more than its default 5 s to become ready on 2 busy cores
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "120")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
