@@ -32,6 +32,8 @@ import numpy as np
 from bench.results import write_result
 
 if TYPE_CHECKING:  # the CLI builds its parser from this module: keep torch and pandas out of that
+    from inference.behavior.model import DiffusionBehaviorModel
+    from inference.behavior.train import BehaviorTrainConfig
     from ranking.splits import SequenceData
 
 SPARSE_TRAIN_ITEMS = 20
@@ -152,7 +154,8 @@ def prepare_behaviors(data: SequenceData, config: str, out_dir: Path, device: st
     return path
 
 
-def pretrained_behavior(data: SequenceData, cfg, out_dir: Path):
+def pretrained_behavior(data: SequenceData, cfg: BehaviorTrainConfig,
+                        out_dir: Path) -> tuple[DiffusionBehaviorModel, dict[str, Any]]:
     """The pre-trained behaviour model of `cfg` (trained here once, then read back) and its training record."""
     import hashlib
 
