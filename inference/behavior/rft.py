@@ -152,11 +152,16 @@ def end_cut(data: SequenceData, user: int, cfg: RewardConfig) -> Cut | None:
     return Cut(user, train[:-cfg.future], train[-cfg.future:])
 
 
-def future_ndcg(scores: torch.Tensor, future: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
-    """NDCG@k (B,) of several target items per row (future (B, F), 0 = none) among non-excluded items."""
+def candidate_scores(scores: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """Scores with excluded items (the history) and padding set to −inf: what is ranked."""
     scores = scores.float().masked_fill(exclude, float("-inf"))
     scores[:, 0] = float("-inf")
-    top = scores.topk(k, dim=1).indices  # (B, k)
+    return scores
+
+
+def future_ndcg(scores: torch.Tensor, future: torch.Tensor, exclude: torch.Tensor, k: int) -> torch.Tensor:
+    """NDCG@k (B,) of several target items per row (future (B, F), 0 = none) among non-excluded items."""
+    top = candidate_scores(scores, exclude).topk(k, dim=1).indices  # (B, k)
     real = future != 0
     hits = (top[:, :, None] == future[:, None, :]).logical_and(real[:, None, :]).any(2).float()  # (B, k)
     discounts = 1.0 / torch.log2(torch.arange(k, device=scores.device, dtype=torch.float32) + 2.0)
@@ -172,9 +177,7 @@ Reward = Callable[[Sequence[Cut], torch.Tensor], torch.Tensor]
 
 def future_log_likelihood(scores: torch.Tensor, future: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
     """Mean log-softmax (B,) of each row's future items (0 = none) over the non-excluded items."""
-    scores = scores.float().masked_fill(exclude, float("-inf"))
-    scores[:, 0] = float("-inf")
-    log_probs = torch.log_softmax(scores, 1).gather(1, future).clamp_min(-1e4)
+    log_probs = torch.log_softmax(candidate_scores(scores, exclude), 1).gather(1, future).clamp_min(-1e4)
     real = (future != 0).float()
     return (log_probs * real).sum(1) / real.sum(1).clamp_min(1)
 
@@ -187,7 +190,8 @@ def future_recall(inferred: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
 
 
 class RankerReward:
-    """The ranker's gain in NDCG@k of each cut's future items from an inference as its extra sequence."""
+    """The ranker's gain (NDCG@k, or log-likelihood) on each cut's future items from an inference as its extra
+    sequence, plus the optional recall alignment term."""
 
     def __init__(self, ranker: SequentialRanker, cfg: RewardConfig, device: str = "cpu") -> None:
         if not ranker.cfg.extra_len:
@@ -232,11 +236,20 @@ def one_step_log_probs(model: DiffusionBehaviorModel, history: torch.Tensor, ite
     return torch.log_softmax(logits, -1).gather(2, items[..., None]).squeeze(-1)
 
 
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+SIGNAL_EPS = 1e-6
+
+
+def groups_with_signal(rewards: torch.Tensor) -> torch.Tensor:
+    """(U,) bool: groups (U, G) whose rewards vary — the only ones that give a policy gradient."""
+    return rewards.std(1, unbiased=False) > SIGNAL_EPS
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """Rewards (U, G) normalised within each group; a group whose rewards are all equal gets zeros."""
     mean = rewards.mean(1, keepdim=True)
     std = rewards.std(1, keepdim=True, unbiased=False)
-    return torch.where(std > eps, (rewards - mean) / (std + eps), torch.zeros_like(rewards))
+    return torch.where(groups_with_signal(rewards)[:, None], (rewards - mean) / (std + SIGNAL_EPS),
+                       torch.zeros_like(rewards))
 
 
 def grpo_loss(new: torch.Tensor, old: torch.Tensor, ref: torch.Tensor, advantages: torch.Tensor, clip: float,
@@ -274,8 +287,8 @@ class Curriculum:
         count = min(count, len(self.users))
         return self.users[self.rng.choice(len(self.users), size=count, replace=False, p=self.weights())].tolist()
 
-    def update(self, users: Sequence[int], group_rewards: torch.Tensor, eps: float = 1e-6) -> None:
-        varied = (group_rewards.std(1, unbiased=False) > eps).float().numpy()
+    def update(self, users: Sequence[int], group_rewards: torch.Tensor) -> None:
+        varied = groups_with_signal(group_rewards).float().numpy()
         for user, value in zip(users, varied, strict=True):
             self.signal[self.position[int(user)]] = value
 
@@ -331,9 +344,9 @@ def rft_train(model: DiffusionBehaviorModel, data: SequenceData, reward: Reward,
         history = encode_histories([c.history for c in cuts], model.cfg.max_history).to(device)
         history = history.repeat_interleave(group, 0)
         model.eval()  # no dropout: the old, new and reference log-probabilities must be comparable
-        temperature = SamplingConfig(slots=slots, steps=sampling.steps, temperature=cfg.temperature,
-                                     seed=cfg.seed * 100_003 + step)
-        items, _ = sample_cached(model, history, temperature)
+        group_sampling = SamplingConfig(slots=slots, steps=sampling.steps, temperature=cfg.temperature,
+                                        seed=cfg.seed * 100_003 + step)
+        items, _ = sample_cached(model, history, group_sampling)
         rewards = reward(cuts, items).view(len(cuts), group)
         advantages = group_advantages(rewards).flatten()
         curriculum.update([c.user for c in cuts], rewards)
@@ -349,7 +362,7 @@ def rft_train(model: DiffusionBehaviorModel, data: SequenceData, reward: Reward,
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
         row = {"step": step + 1, "reward": float(rewards.mean()), "reward_std": float(rewards.std()),
-               "groups_with_signal": float((rewards.std(1, unbiased=False) > 1e-6).float().mean()),
+               "groups_with_signal": float(groups_with_signal(rewards).float().mean()),
                "loss": float(loss.detach()), **stats}
         curve.append(row)
         bar.set_postfix(reward=f"{row['reward']:+.4f}", kl=f"{row['kl']:.4f}")
