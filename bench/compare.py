@@ -22,7 +22,7 @@ import json
 import multiprocessing
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,6 +273,16 @@ def _load(sequences: str | None, dataset: str) -> SequenceData:
     return load_sequences(dataset)
 
 
+def _prepared_behavior_runs(data: SequenceData, todo: Sequence[tuple[Arm, int]], behavior_of: dict[Arm, str | None],
+                            out_dir: Path, device: str | None) -> Iterator[tuple[Arm, int, str]]:
+    """(arm, seed, inferred-behaviours file) of the runs that read behaviours, each arm's as soon as its
+    behaviour model is ready (a comparison's runs without behaviours need not wait for it)."""
+    for arm in dict.fromkeys(arm for arm, _ in todo if behavior_of[arm]):
+        print(f"behaviour model {behavior_of[arm]} for arm {arm.name} …", flush=True)
+        path = str(prepare_behaviors(data, behavior_of[arm], out_dir, device))
+        yield from ((arm, seed, path) for a, seed in todo if a == arm)
+
+
 def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out_dir: Path,
               cold: np.ndarray | None = None) -> dict[str, Any]:
     """Medians per arm and paired bootstrap CIs of NDCG@10 against the first arm, per slice; popularity too."""
@@ -349,25 +359,32 @@ def main_from_args(args: argparse.Namespace) -> int:
     todo = [(arm, seed) for seed in args.seeds for arm in arms if not run_file(out_dir, arm, seed).is_file()]
     parallel = max(1, min(args.jobs, len(todo)))
     started = time.time()
-    behaviors = {}
     from ranking.config import load_train_config
 
-    for arm in dict.fromkeys(arm for arm, _ in todo):
-        config = load_train_config(arm.config, data.dataset).behaviors
-        if config:
-            print(f"behaviour model {config} for arm {arm.name} …", flush=True)
-            behaviors[arm] = str(prepare_behaviors(data, config, out_dir, args.device))
-    jobs = [(args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,
-             args.cold_fraction, behaviors.get(arm)) for arm, seed in todo]
-    print(f"{len(jobs)} run(s) to train ({len(arms) * len(args.seeds) - len(jobs)} already done) in {out_dir}",
+    behavior_of = {arm: load_train_config(arm.config, data.dataset).behaviors for arm in arms}
+
+    def job(arm: Arm, seed: int, behaviors: str | None) -> tuple:
+        return (args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,
+                args.cold_fraction, behaviors)
+
+    def report(line: str) -> None:
+        print(f"[{time.time() - started:6.0f} s] {line}", flush=True)
+
+    print(f"{len(todo)} run(s) to train ({len(arms) * len(args.seeds) - len(todo)} already done) in {out_dir}",
           flush=True)
-    if args.jobs > 1 and len(jobs) > 1:
+    if parallel > 1:
         with multiprocessing.get_context("spawn").Pool(parallel) as pool:
-            for line in pool.imap_unordered(_worker, jobs):
-                print(f"[{time.time() - started:6.0f} s] {line}", flush=True)
+            pending = [pool.apply_async(_worker, (job(arm, seed, None),)) for arm, seed in todo if not behavior_of[arm]]
+            for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device):
+                pending.append(pool.apply_async(_worker, (job(arm, seed, path),)))  # start while the next one trains
+            for result in pending:
+                report(result.get())
     else:
-        for job in jobs:
-            print(f"[{time.time() - started:6.0f} s] {_worker(job)}", flush=True)
+        for arm, seed in todo:
+            if not behavior_of[arm]:
+                report(_worker(job(arm, seed, None)))
+        for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device):
+            report(_worker(job(arm, seed, path)))
     summary = summarise(data, arms, args.seeds, out_dir, cold)
     name = args.name or f"compare-{tag}.json"
     path = write_result(summary, name, args.out, getattr(args, "command_line", None))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pytest
 
+from bench import compare
 from bench.compare import Arm, add_arguments, main_from_args, paired_bootstrap, slices
 from ranking.splits import SequenceData, load_sequences_file, save_sequences
 
@@ -124,6 +126,37 @@ def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_pat
     (tmp_path / "work" / "runs" / "behaviors-seed1.json").unlink()
     with pytest.raises(ValueError, match="by epochs only"):
         main_from_args(parser.parse_args(argv))
+
+
+def test_parallel_runs_without_behaviours_train_while_the_behaviour_model_does(tmp_path, monkeypatch):
+    sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
+    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
+             "  patience: 1\n  device: cpu\n"
+    (tmp_path / "ids.yaml").write_text(ranker)
+    (tmp_path / "behaviors.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
+    (tmp_path / "behavior.yaml").write_text(
+        "model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
+        "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n  device: cpu\n"
+        "sampling:\n  slots: 3\n  steps: 2\n")
+    ids_run = tmp_path / "work" / "runs" / "ids-seed1.json"
+    prepare = compare.prepare_behaviors
+
+    def prepare_after_the_ids_run(*args, **kwargs):  # fails unless the ids run was started before it
+        deadline = time.monotonic() + 120
+        while not ids_run.is_file():
+            assert time.monotonic() < deadline, "the ids run waited for the behaviour model"
+            time.sleep(0.2)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "prepare_behaviors", prepare_after_the_ids_run)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--sequences", str(sequences), "--arm", f"ids={tmp_path / 'ids.yaml'}",
+            "--arm", f"behaviors={tmp_path / 'behaviors.yaml'}", "--seeds", "1", "--jobs", "2",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main_from_args(parser.parse_args(argv)) == 0
+    result = json.loads((tmp_path / "out" / "compare-synthetic-ids-vs-behaviors.json").read_text())
+    assert result["arms"]["behaviors"]["model_config"]["extra_len"] == 3
 
 
 def test_an_rft_arm_tunes_the_pretrained_model_the_plain_arm_shares(tmp_path):
