@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -22,6 +23,7 @@ from inference.knowledge.evidence import extract_all
 from inference.knowledge.intents import IntentIndex
 from inference.knowledge.rules import CONTRADICTED, SUPPORTED, check_choice, check_tagline
 from inference.knowledge.schema import Judgement, KnowledgeRecord
+from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, load_shipped, pack_results
 from inference.knowledge.store import read_jsonl
 from ranking.model import RankerConfig, SequentialRanker
 
@@ -252,6 +254,57 @@ def test_build_records_failures_then_resumes_from_cache(server, tmp_path):
     assert server.hits == hits and third.counts["built"] == 3  # everything from the cache: no model call
     provenance = json.loads((third.path / "provenance.json").read_text())
     assert provenance["cached_items"] == 3 and provenance["prompt_version"].startswith("v2-")
+
+
+def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everything_matches(server, tmp_path):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    cfg = BuildConfig(items=["1", "2", "183"], director_claims=False)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    built = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False,
+                            shipped_dir=tmp_path / "data")
+    provenance = pack_results(tmp_path / "cache", "ml-100k", "scripted", "reaseq knowledge build …", tmp_path / "data")
+    assert provenance["items"] == 3 and provenance["items_with_record"] == 3 and provenance["entries"]["items"] == 4
+
+    hits = server.hits  # a clean checkout: empty cache, no model, the pack alone
+    cached_only = replace(cfg, cached_only=True)
+    shipped = build_knowledge(backend, cached_only, root=tmp_path / "art2", cache=tmp_path / "empty",
+                              progress=False, shipped_dir=tmp_path / "data")
+    assert server.hits == hits and shipped.counts["built"] == 3
+    assert read_jsonl(shipped.path / "records.jsonl") == read_jsonl(built.path / "records.jsonl")
+    other_model = OpenAIChatBackend(server.base_url, "another-model", timeout_s=2, max_retries=0)
+    unmatched = build_knowledge(other_model, cached_only, root=tmp_path / "art3", cache=tmp_path / "empty2",
+                                progress=False, shipped_dir=tmp_path / "data")
+    assert unmatched.counts["built"] == 0  # keyed by the model too: nothing taken for another model
+    ignored = build_knowledge(backend, replace(cached_only, shipped=False), root=tmp_path / "art4",
+                              cache=tmp_path / "empty3", progress=False, shipped_dir=tmp_path / "data")
+    assert ignored.counts["built"] == 0
+
+
+def test_a_changed_or_unexplained_pack_stops_with_how_to_fix_it(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "abc.json").write_text(json.dumps({"item_id": "1", "record": {"item_id": "1"}, "seconds": 2.0}))
+    with pytest.raises(ShippedResultsError, match="no built item"):
+        pack_results(tmp_path / "nothing", "ml-100k", "m", "cmd", tmp_path / "data")
+    pack_results(cache, "ml-100k", "m", "cmd", tmp_path / "data")
+    assert load_shipped("ml-100k", tmp_path / "data")["items"]["abc"]["item_id"] == "1"
+    pack = tmp_path / "data" / "ml-100k.results.jsonl.xz"
+    pack.write_bytes(pack.read_bytes()[:-8])
+    with pytest.raises(ShippedResultsError, match=r"sha256.*git checkout"):
+        load_shipped("ml-100k", tmp_path / "data")
+    (tmp_path / "data" / "ml-100k.results.json").unlink()
+    with pytest.raises(ShippedResultsError, match="without its provenance"):
+        load_shipped("ml-100k", tmp_path / "data")
+    assert load_shipped("ml-1m", tmp_path / "data") == {"items": {}, "claims": {}}  # none shipped: nothing read
+
+
+def test_the_shipped_packs_verify_and_match_their_provenance():
+    for meta_path in sorted(SHIPPED_DIR.glob("*.results.json")):
+        meta = json.loads(meta_path.read_text())
+        entries = load_shipped(meta["dataset"])
+        assert {kind: len(rows) for kind, rows in entries.items()} == meta["entries"]
+        records = {v["item_id"] for v in entries["items"].values() if v.get("record")}
+        assert len(records) == meta["items_with_record"] and meta["model"] and meta["command"].startswith("reaseq ")
 
 
 # ------------------------------------------------------------------ embeddings and the intent index

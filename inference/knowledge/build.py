@@ -4,7 +4,8 @@
 
 Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence,
 prompt version, model, schema version): a killed build resumes where it stopped, a changed prompt or
-model rebuilds. Failed items are not cached, so a rerun tries them again. The artifact
+model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with the project
+(shipped.py) serve as a second cache, so a clean checkout builds the shipped catalogue with no model. The artifact
 <artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
 evidence.jsonl, claims.jsonl (the model's director claims and the KG's verdicts, see claims.py) and
 provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts, wall time, tokens/s);
@@ -17,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from inference.knowledge.claims import (
 )
 from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
+from inference.knowledge.shipped import CLAIMS, KINDS, SHIPPED_DIR, load_shipped
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
@@ -70,13 +72,16 @@ class BuildConfig:
     cached_only: bool = False  # write an artifact from what the cache holds (no model calls): partial progress
     snapshot_every: int = 50  # items between progress snapshots (progress.json)
     director_claims: bool = True  # ask who directed each KG-directed film; the KG vetoes or supports the claim
+    shipped: bool = True  # read the results packed with the project (shipped.py) where the cache has none
 
 
 class ResultCache:
-    """One JSON file per (item, evidence, prompt version, model, schema version)."""
+    """One JSON file per (item, evidence, prompt version, model, schema version); `shipped`: the results
+    packed with the project (shipped.py), read where the folder has no entry."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, shipped: Mapping[str, dict] | None = None) -> None:
         self.folder = folder
+        self.shipped = shipped or {}
         folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -88,9 +93,9 @@ class ResultCache:
     def get(self, key: str) -> dict | None:
         path = self.folder / f"{key}.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
+            return json.loads(path.read_text()) if path.is_file() else self.shipped.get(key)
         except ValueError:  # a torn write: treat as missing
-            return None
+            return self.shipped.get(key)
 
     def put(self, key: str, value: dict) -> None:
         tmp = self.folder / f".{key}.tmp"
@@ -110,8 +115,10 @@ class BuildSummary:
 
 def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = None, cache: Path | None = None,
                     data_dir: str | None = None, progress: bool = True,
-                    on_item: Callable[[ItemResult], None] | None = None) -> BuildSummary:
-    """Run the agents over the catalogue (or a slice), resuming from the cache; write the artifact."""
+                    on_item: Callable[[ItemResult], None] | None = None,
+                    shipped_dir: Path = SHIPPED_DIR) -> BuildSummary:
+    """Run the agents over the catalogue (or a slice), resuming from the cache and the results shipped in
+    `shipped_dir`; write the artifact."""
     from ranking.data import load_dataset
 
     started = time.monotonic()
@@ -123,7 +130,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         item_ids = item_ids[: cfg.limit]
     prompts = Prompts.load(cfg.prompts)
     options = json.dumps([cfg.max_rounds, cfg.llm_verifier, cfg.tagline, cfg.reask])
-    store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset)
+    shipped = load_shipped(cfg.dataset, shipped_dir) if cfg.shipped else {kind: {} for kind in KINDS}
+    store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset, shipped["items"])
     agents = Agents(backend, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
     prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]
     priors = store.get(prior_key)
@@ -158,7 +166,7 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     claims: dict[str, Any] = {}
     if cfg.director_claims and audit.passed:
         claims = director_claims(backend, graph, [r["item_id"] for r in results if r["record"]],
-                                 ResultCache(store.folder / "claims"), cfg.cached_only, progress)
+                                 ResultCache(store.folder / CLAIMS, shipped[CLAIMS]), cfg.cached_only, progress)
     wall = time.monotonic() - started
     return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,
                            root, claims)

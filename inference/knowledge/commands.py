@@ -13,8 +13,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
 
     actions = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
     build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
-                               "into a versioned knowledge artifact; starts the local SmolLM2 server unless "
-                               "--base-url names an OpenAI-compatible one")
+                               "into a versioned knowledge artifact; starts a local llama.cpp server unless "
+                               "--base-url names an OpenAI-compatible one; results packed with the project "
+                               "(inference/knowledge/data/) are reused where item, evidence, prompts and model match")
     build.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     build.add_argument("--data-dir", default=None)
     build.add_argument("--limit", type=int, default=None, help="only the first N items")
@@ -40,8 +41,17 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        "the cache already holds (progress of a running or interrupted build)")
     build.add_argument("--no-director-claims", action="store_true", help="skip asking who directed each film "
                        "the KG knows a director of (the KG vetoes or supports each answer; see claims.jsonl)")
+    build.add_argument("--no-shipped", action="store_true", help="ignore the results packed with the project: "
+                       "ask the model for every item the local cache does not hold")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
+
+    pack = actions.add_parser("pack", help="pack a build's cached results into inference/knowledge/data/ "
+                              "(xz, with provenance and sha256), so checkouts build the catalogue with no model")
+    pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
+    pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
+    pack.add_argument("--out", default=None, help="folder (default: inference/knowledge/data)")
 
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
                                "versioned knowledge-embeddings artifact")
@@ -68,6 +78,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         return _embed(args)
     if args.knowledge_command == "build":
         return _build(args)
+    if args.knowledge_command == "pack":
+        return _pack(args)
     raise ValueError(f"unknown knowledge action {args.knowledge_command!r}")
 
 
@@ -115,17 +127,36 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from inference.knowledge.llama_server import MODELS
+    from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, pack_results
+    from ranking.paths import cache_dir
+
+    command = f"reaseq knowledge build --dataset {args.dataset} --llm {args.llm} --threads {args.threads}"
+    try:
+        provenance = pack_results(cache_dir() / "knowledge" / args.dataset, args.dataset, MODELS[args.llm].name,
+                                  command, Path(args.out) if args.out else SHIPPED_DIR)
+    except ShippedResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(provenance, indent=2))
+    return 0
+
+
 def _build(args: argparse.Namespace) -> int:
     import contextlib
 
     from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
     from inference.knowledge.build import BuildConfig, build_knowledge, print_examples
     from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS, LlamaServer, ServerConfig
+    from inference.knowledge.shipped import ShippedResultsError
     from ranking.paths import cache_dir
 
     cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
                       tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
-                      director_claims=not args.no_director_claims)
+                      director_claims=not args.no_director_claims, shipped=not args.no_shipped)
     gguf = MODELS[args.llm or DEFAULT_MODEL]
     with contextlib.ExitStack() as stack:
         if args.backend == "vllm":
@@ -143,7 +174,11 @@ def _build(args: argparse.Namespace) -> int:
             print(f"llama.cpp server {server.model} on {server.base_url} ({args.threads} thread(s))", flush=True)
             backend = OpenAIChatBackend(server.base_url, server.model, timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
-        summary = build_knowledge(backend, cfg, data_dir=args.data_dir, progress=not args.quiet)
+        try:
+            summary = build_knowledge(backend, cfg, data_dir=args.data_dir, progress=not args.quiet)
+        except ShippedResultsError as error:
+            print(f"error: {error} (or build without them: --no-shipped)", file=sys.stderr)
+            return 1
     provenance = json.loads((summary.path / "provenance.json").read_text())
     print(json.dumps({"version": summary.version, "path": str(summary.path), **summary.counts,
                       "wall_seconds": round(summary.wall_seconds, 1), "model_report": provenance["model_report"],
