@@ -100,16 +100,23 @@ def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path):
     assert "cold_items" in result["arms"]["b"]["vs_a"]
 
 
-def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_path, capsys):
-    sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
-    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
-             "  patience: 1\n  device: cpu\n"
-    (tmp_path / "ids.yaml").write_text(ranker)
-    (tmp_path / "behaviors.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
+TINY_RANKER = ("model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n"
+               "  patience: 1\n  device: cpu\n")
+
+
+def _ids_and_behaviour_arms(tmp_path):
+    """A synthetic sequences file, and tiny ids.yaml / behaviors.yaml arms (the latter reading behavior.yaml)."""
+    (tmp_path / "ids.yaml").write_text(TINY_RANKER)
+    (tmp_path / "behaviors.yaml").write_text(TINY_RANKER + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
     (tmp_path / "behavior.yaml").write_text(
         "model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
         "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n  device: cpu\n"
         "sampling:\n  slots: 3\n  steps: 2\n")
+    return save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
+
+
+def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_path, capsys):
+    sequences = _ids_and_behaviour_arms(tmp_path)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     argv = ["--sequences", str(sequences), "--arm", f"ids={tmp_path / 'ids.yaml'}",
@@ -129,15 +136,7 @@ def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_pat
 
 
 def test_parallel_runs_without_behaviours_train_while_the_behaviour_model_does(tmp_path, monkeypatch):
-    sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
-    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
-             "  patience: 1\n  device: cpu\n"
-    (tmp_path / "ids.yaml").write_text(ranker)
-    (tmp_path / "behaviors.yaml").write_text(ranker + f"  behaviors: {tmp_path / 'behavior.yaml'}\n")
-    (tmp_path / "behavior.yaml").write_text(
-        "model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
-        "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n  device: cpu\n"
-        "sampling:\n  slots: 3\n  steps: 2\n")
+    sequences = _ids_and_behaviour_arms(tmp_path)
     ids_run = tmp_path / "work" / "runs" / "ids-seed1.json"
     prepare = compare.prepare_behaviors
 
@@ -161,8 +160,7 @@ def test_parallel_runs_without_behaviours_train_while_the_behaviour_model_does(t
 
 def test_an_rft_arm_tunes_the_pretrained_model_the_plain_arm_shares(tmp_path):
     sequences = save_sequences(_data(users=50, items=40), tmp_path / "synthetic.npz")
-    ranker = "model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n" \
-             "  patience: 1\n  device: cpu\n"
+    ranker = TINY_RANKER
     (tmp_path / "ids.yaml").write_text(ranker)
     behavior = ("model:\n  max_history: 8\n  slots: 3\n  dim: 8\n  layers: 1\n  heads: 1\n"
                 "train:\n  epochs: 1\n  batch_size: 16\n  cuts_per_user: 1\n  holdout: 2\n  patience: 1\n"
