@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from inference.serve.protocol import users_of
+from inference.serve.protocol import MAX_QUOTE_CHARS, int_option, quote, users_of
 from streaming.events import ACTIONS, MAX_EVENT_BYTES, MAX_ID_CHARS, MAX_TS, OVERSIZED, DeadLetter, Event, parse_event
 from streaming.state import DEDUP_WINDOW, UserState, apply_event, newer
 
@@ -217,6 +217,23 @@ def test_the_replicas_survive_the_fuzzing_and_answer_a_valid_request(apps, app):
     assert _assert_answered(apps.urls[app], b"[" * 100_000) == 400
     assert _assert_answered(apps.urls[app], b'{"users": []}') == 200  # the client's probe
     _assert_still_serving(apps, app)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.floats() | st.text(), lambda inner: st.lists(inner, max_size=6)
+                    | st.dictionaries(st.text(min_size=20), inner, max_size=6), max_leaves=60))
+def test_a_refused_option_is_quoted_within_bounds(value):
+    reason = int_option({"top_k": value}, "top_k", 10)
+    if value is None:
+        assert reason == 10
+    else:  # never an integer here: every value is refused, with a reason of bounded length
+        assert isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS
+    assert len(quote(value)) <= MAX_QUOTE_CHARS
+
+
+def test_a_wide_deep_value_is_cut_to_the_quote_limit():
+    wide = {f"{'k' * 50}{i}": {f"{'j' * 50}{n}": {"x" * 70: ["y" * 70] * 5} for n in range(5)} for i in range(5)}
+    assert len(quote(wide)) == MAX_QUOTE_CHARS and quote(wide).endswith("...")
 
 
 @settings(max_examples=300, deadline=None)

@@ -33,9 +33,13 @@ _QUOTE = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes no
 _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict, _QUOTE.maxstring, _QUOTE.maxother = 3, 4, 4, 60, 60
 
 
+MAX_QUOTE_CHARS = 200  # reprlib bounds each level, not the whole: 4 keys × 4 levels of long keys still add up
+
+
 def quote(value: Any) -> str:
     """A short repr of a request value for an error message, whatever its size or nesting."""
-    return _QUOTE.repr(value)
+    text = _QUOTE.repr(value)
+    return text if len(text) <= MAX_QUOTE_CHARS else text[: MAX_QUOTE_CHARS - 3] + "..."
 
 
 def users_of(body: Any) -> list[dict[str, Any]] | str:
