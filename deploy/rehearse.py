@@ -471,6 +471,9 @@ def serve_part(overlay: str) -> bool:
     details = [f"read-only root filesystem: {found.get('read_only_root')}; writable: {found.get('writable_volumes')}"]
     if ranked:
         details.append(f"/rank → model {ranked.get('model_version')}: {ranked['results'][0]['items'][:5]}")
+    inferred = found.get("behavior", [None, {}])[1]
+    if inferred and inferred.get("results"):
+        details.append(f"/behavior → model {inferred.get('model_version')}: {inferred['results'][0]['items'][:5]}")
     if problems:
         details.append(found.get("serve_log_tail", ""))
     return outcome(f"serve ({overlay} overlay's serveConfigV2, no network, interfaces {found.get('interfaces')})",
