@@ -36,7 +36,7 @@ from inference.knowledge.claims import (
 )
 from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
-from inference.knowledge.shipped import CLAIMS, KINDS, SHIPPED_DIR, load_shipped
+from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_shipped, no_entries
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
@@ -130,7 +130,7 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         item_ids = item_ids[: cfg.limit]
     prompts = Prompts.load(cfg.prompts)
     options = json.dumps([cfg.max_rounds, cfg.llm_verifier, cfg.tagline, cfg.reask])
-    shipped = load_shipped(cfg.dataset, shipped_dir) if cfg.shipped else {kind: {} for kind in KINDS}
+    shipped = load_shipped(cfg.dataset, shipped_dir) if cfg.shipped else no_entries()
     store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset, shipped["items"])
     agents = Agents(backend, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
     prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]

@@ -12,12 +12,13 @@ model; `reaseq knowledge pack` makes it from a build's cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
 import time
 from pathlib import Path
 from typing import Any
+
+from ranking.wheels import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "data"
 CLAIMS = "claims"  # the sub-cache of director answers (build.director_claims)
@@ -36,17 +37,14 @@ def provenance_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
     return folder / f"{dataset}.results.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def no_entries() -> dict[str, dict[str, Any]]:
+    """kind → key → value with nothing in it (no pack shipped, or packs ignored)."""
+    return {kind: {} for kind in KINDS}
 
 
 def _cached_entries(cache: Path) -> dict[str, dict[str, Any]]:
     """kind → key → value of a build's cache folder (torn or temporary files left out)."""
-    entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    entries = no_entries()
     for kind, folder in (("items", cache), (CLAIMS, cache / CLAIMS)):
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
             try:
@@ -74,7 +72,7 @@ def pack_results(cache: Path, dataset: str, model: str, command: str, folder: Pa
                 handle.write(json.dumps({"kind": kind, "key": key, "value": entries[kind][key]}, sort_keys=True) + "\n")
     tmp.replace(target)
     provenance = {
-        "dataset": dataset, "file": target.name, "sha256": _sha256(target), "bytes": target.stat().st_size,
+        "dataset": dataset, "file": target.name, "sha256": sha256_of(target), "bytes": target.stat().st_size,
         "command": command, "model": model, "schema_version": SCHEMA_VERSION,
         "entries": {kind: len(entries[kind]) for kind in KINDS},
         # an item rebuilt after its evidence or prompts changed has an entry per version: count items once
@@ -91,15 +89,15 @@ def load_shipped(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str
     """kind → key → value of the shipped pack of `dataset` (empty maps when none ships), checksum verified."""
     target, meta_path = pack_path(dataset, folder), provenance_path(dataset, folder)
     if not target.is_file():
-        return {kind: {} for kind in KINDS}
+        return no_entries()
     fix = (f"restore it with `git checkout -- {folder}` or rebuild it: run the build command in {meta_path.name}, "
            f"then `reaseq knowledge pack --dataset {dataset}`")
     if not meta_path.is_file():
         raise ShippedResultsError(f"{target} ships without its provenance file {meta_path}; {fix}")
     meta = json.loads(meta_path.read_text())
-    if _sha256(target) != meta.get("sha256"):
+    if sha256_of(target) != meta.get("sha256"):
         raise ShippedResultsError(f"{target} does not match the sha256 in {meta_path} (changed or truncated); {fix}")
-    entries: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    entries = no_entries()
     try:
         with lzma.open(target, "rt", encoding="utf-8") as handle:
             for line in handle:
