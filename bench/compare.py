@@ -348,7 +348,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main_from_args(args: argparse.Namespace) -> int:
+def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """Train every (arm, seed) run not yet in the work folder, then summarise them all; (summary, tag)."""
     data, cold = _split(_load(args.sequences, args.dataset), args.cold_fraction)
     arms: list[Arm] = args.arm
     if len({a.name for a in arms}) != len(arms) or len(arms) < 2:
@@ -385,7 +386,11 @@ def main_from_args(args: argparse.Namespace) -> int:
                 report(_worker(job(arm, seed, None)))
         for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device):
             report(_worker(job(arm, seed, path)))
-    summary = summarise(data, arms, args.seeds, out_dir, cold)
+    return summarise(data, arms, args.seeds, out_dir, cold), tag
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    summary, tag = run_comparison(args)
     name = args.name or f"compare-{tag}.json"
     path = write_result(summary, name, args.out, getattr(args, "command_line", None))
     print(markdown_table(summary) + f"\nJSON: {path}")

@@ -1,10 +1,12 @@
 """`reaseq bench knowledge`: does item knowledge help the ranker, and what does online intent composition cost?
 
-ablation — the ranker with and without knowledge embeddings, median of seeds, under the protocol
-(leave-one-out, full ranking). A fixed random 10% of the catalogue is held out of training (removed
-from every training sequence): those are the cold items, which the knowledge arm represents by their
-knowledge vector alone. Metrics: HR@10 / NDCG@10 over all test users, over users whose test item is in
-the long tail (bottom 50% of warm items by training popularity), and over users whose test item is cold.
+ablation — the four arms of the ReaSeq ablation on one backbone, through `reaseq bench compare`: IDs only;
++ knowledge (the item knowledge vectors, gate fusion, side path trained to stand alone); + inferred
+behaviours; + both (ReaSeq). The same seeds and a fixed epoch budget for every arm (never wall-clock),
+medians, and a paired bootstrap 95% CI of each arm's NDCG@10 difference to IDs only (users resampled),
+over all users, sparse users, tail items and cold items: a fixed random share of the catalogue
+(`--cold-fraction`) removed from every training sequence, which the knowledge arms see through their
+knowledge vectors alone. The result states each goal and whether it was met.
 
 intents — composing a user's intent vector from the intent index: per-user latency on one CPU thread,
 with the network disabled (so no LLM or any remote call can happen).
@@ -18,89 +20,93 @@ import socket
 import statistics
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.compare import Arm, markdown_table, run_comparison
 from bench.results import write_result as write_json
-from ranking.evaluate import evaluate
-from ranking.splits import SequenceData, cold_split
-from ranking.train import TrainConfig, model_scorer, train_ranker
+from ranking.splits import SequenceData
 
-GROUP_KEYS = ("HR@10", "NDCG@10")
+ARM_CONFIGS = {"ids": "ranking/configs/ranker-{dataset}.yaml",
+               "knowledge": "bench/configs/ranker-{dataset}-knowledge-cold.yaml",
+               "behaviors": "bench/configs/ranker-{dataset}-behaviors.yaml",
+               "reaseq": "bench/configs/ranker-{dataset}-reaseq.yaml"}
+GOALS = {"reaseq": 5.0, "knowledge": 2.0, "behaviors": 2.0}  # ΔNDCG@10 % over IDs only, all users, CI above 0
+
+
+def default_arms(dataset: str) -> list[Arm]:
+    """The ablation's arms for a dataset, IDs only first (the baseline every difference is taken to); the paths
+    are the project's, relative to its root, where every bench command runs."""
+    return [Arm(name, pattern.format(dataset=dataset)) for name, pattern in ARM_CONFIGS.items()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k"])
+    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     parser.add_argument("--part", nargs="+", default=["ablation", "intents"], choices=["ablation", "intents"])
+    parser.add_argument("--sequences", default=None, help="train on an exported sequences file "
+                        "(`reaseq data export`) instead of loading --dataset (e.g. on a GPU machine)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--embeddings", default=None, help="knowledge-embeddings version (default LATEST)")
-    parser.add_argument("--side-mode", default="gate", choices=["add", "gate"])
-    parser.add_argument("--align-weight", type=float, default=0.1)
-    parser.add_argument("--id-dropout", type=float, default=0.2,
-                        help="share of items trained through their knowledge vector alone (cold-start path)")
-    parser.add_argument("--cold-fraction", type=float, default=0.1)
-    parser.add_argument("--config", default=None, help="ranker YAML (default: ranking/configs/ranker-<dataset>.yaml)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--max-seconds", type=float, default=None, help="time budget per training run")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--epochs", type=int, default=None, help="override every arm's train.epochs (a fixed "
+                        "budget; early stopping on validation inside it)")
+    parser.add_argument("--cold-fraction", type=float, default=0.1, help="share of items held out of training "
+                        "(the cold slice)")
+    parser.add_argument("--arm", type=Arm.parse, action="append", default=None,
+                        help="NAME=CONFIG.yaml, replacing the default arms (ids, knowledge, behaviors, reaseq from "
+                             "ranking/configs and bench/configs); the first is the baseline")
+    parser.add_argument("--embeddings", default=None, help="knowledge-embeddings version for the intents part "
+                        "(default LATEST; the arms name theirs in train.knowledge)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
+    parser.add_argument("--work-dir", default=None, help="where finished runs are kept (resumable; default "
+                        "bench/results/compare/knowledge-<dataset>)")
     parser.add_argument("--out", default="bench/results")
 
 
-def user_groups(data: SequenceData, cold: np.ndarray) -> dict[str, list[int]]:
-    """Test users by their target: all, long tail (bottom half of warm items by training count), cold."""
-    counts = np.zeros(data.num_items + 1, dtype=np.int64)
-    for user in range(len(data.sequences)):
-        np.add.at(counts, data.train(user), 1)
-    warm = np.setdiff1d(np.arange(1, data.num_items + 1), cold)
-    order = warm[np.argsort(counts[warm], kind="stable")]
-    tail = set(order[: len(order) // 2].tolist())
-    cold_set = set(cold.tolist())
-    users = list(range(len(data.sequences)))
-    return {"overall": users, "long_tail": [u for u in users if data.test_target(u) in tail],
-            "cold": [u for u in users if data.test_target(u) in cold_set]}
+def goal_verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal of the ablation, the figure measured and whether it was met (arms absent are skipped)."""
+    arms = summary["arms"]
+    base = next(iter(arms))
+    verdicts = []
+    for arm, goal in GOALS.items():
+        versus = arms.get(arm, {}).get("vs_" + base)
+        if versus is None:
+            continue
+        overall = versus["all"]
+        met = overall["relative_pct"] is not None and overall["relative_pct"] >= goal and overall["ci_low"] > 0
+        verdicts.append({"goal": f"{arm}: ΔNDCG@10 ≥ +{goal:g}% over {base}, all users, CI above 0",
+                         "measured": overall["relative_pct"], "ci_pct": overall["relative_ci_pct"], "met": met})
+    cold_popularity = summary.get("popularity_ndcg10", {}).get("cold_items")
+    if "knowledge" in arms and cold_popularity is not None:
+        cold = arms["knowledge"]["slices"]["cold_items"]
+        verdicts.append({"goal": "knowledge: NDCG@10 on cold-item targets above popularity's",
+                         "measured": cold, "popularity": cold_popularity, "met": cold > cold_popularity})
+    return verdicts
 
 
-def run_arm(data: SequenceData, cfg: TrainConfig, groups: dict[str, list[int]], side: torch.Tensor | None,
-            cold: np.ndarray, progress: bool) -> dict[str, Any]:
-    """Train one ranker and evaluate it on every user group."""
-    result = train_ranker(data, cfg, side_embeddings=side, cold_items=cold.tolist(), progress=progress)
-    scorer = model_scorer(result.model, result.device)
-    metrics = {name: {k: v for k, v in evaluate(data, scorer, "test", users).items() if k in GROUP_KEYS}
-               for name, users in groups.items() if users}
-    return {"seed": cfg.seed, "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 1),
-            "metrics": metrics}
+def _knowledge_versions(dataset: str) -> dict[str, Any]:
+    """The LATEST knowledge-embeddings version the knowledge arms read, and what it was made from."""
+    from inference.knowledge.store import EMBEDDINGS, resolve_version
+
+    try:
+        folder = resolve_version(EMBEDDINGS, dataset, None)
+    except FileNotFoundError:
+        return {}
+    meta = json.loads((folder / "meta.json").read_text())
+    return {"embeddings_version": folder.name, "embeddings_source": meta.get("source"),
+            "knowledge_version": meta.get("knowledge_version")}
 
 
-def median_of(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    groups = runs[0]["metrics"]
-    return {g: {k: statistics.median(r["metrics"][g][k] for r in runs) for k in groups[g]} for g in groups}
-
-
-def ablation(data: SequenceData, cfg: TrainConfig, vectors: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """Both arms over the seeds on the same cold split."""
-    from inference.knowledge.embeddings import ranker_side_table
-
-    train_data, cold = cold_split(data, args.cold_fraction)
-    groups = user_groups(train_data, cold)
-    side = torch.from_numpy(ranker_side_table(vectors))
-    arms: dict[str, list[dict[str, Any]]] = {"ids": [], "ids+knowledge": []}
-    for seed in args.seeds:
-        base = replace(cfg, seed=seed)
-        arms["ids"].append(run_arm(train_data, base, groups, None, cold, not args.quiet))
-        knowledge_model = {**cfg.model, "side_dim": vectors.shape[1], "side_mode": args.side_mode,
-                           "align_weight": args.align_weight, "id_dropout": args.id_dropout}
-        arms["ids+knowledge"].append(run_arm(train_data, replace(base, model=knowledge_model), groups, side, cold,
-                                             not args.quiet))
-    medians = {arm: median_of(runs) for arm, runs in arms.items()}
-    lift = {g: {k: (medians["ids+knowledge"][g][k] / medians["ids"][g][k] - 1) if medians["ids"][g][k] else None
-                for k in GROUP_KEYS} for g in medians["ids"]}
-    return {"cold_items": len(cold), "users": {g: len(u) for g, u in groups.items()},
-            "side_mode": args.side_mode, "align_weight": args.align_weight, "id_dropout": args.id_dropout,
-            "median": medians,
-            "relative_lift": lift, "runs": arms}
+def ablation(args: argparse.Namespace) -> dict[str, Any]:
+    """Train (or resume) the arms through `bench compare` and add the knowledge versions and goal verdicts."""
+    arms = args.arm or default_arms(args.dataset)
+    compare_args = argparse.Namespace(
+        sequences=args.sequences, dataset=args.dataset, arm=arms, seeds=args.seeds, epochs=args.epochs,
+        cold_fraction=args.cold_fraction, device=args.device, jobs=args.jobs,
+        work_dir=args.work_dir or f"bench/results/compare/knowledge-{args.dataset}")
+    summary, _ = run_comparison(compare_args)
+    return {**summary, **_knowledge_versions(summary["dataset"]), "goals": goal_verdicts(summary)}
 
 
 def intents_cost(index, data: SequenceData, history: int = 50, repeats: int = 3) -> dict[str, Any]:
@@ -137,58 +143,42 @@ def intents_cost(index, data: SequenceData, history: int = 50, repeats: int = 3)
                         "weights": [round(w, 3) for w in example.weights]}}
 
 
-def markdown(result: dict[str, Any]) -> str:
-    lines = []
-    if "ablation" in result:
-        a = result["ablation"]
-        lines += [f"Ablation (median of seeds {result['seeds']}; {a['cold_items']} cold items held out; "
-                  f"users {a['users']}; knowledge fused by {a['side_mode']}, alignment weight "
-                  f"{a['align_weight']}, ID dropout {a.get('id_dropout', 0)})", "",
-                  "| arm | HR@10 | NDCG@10 | tail HR@10 | tail NDCG@10 | cold HR@10 | cold NDCG@10 |",
-                  "|---|---|---|---|---|---|---|"]
-        for arm, m in a["median"].items():
-            cells = [f"{m[g][k]:.4f}" for g in ("overall", "long_tail", "cold") for k in GROUP_KEYS]
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-        lift = a["relative_lift"]
-        lines.append("| lift | " + " | ".join(f"{lift[g][k]:+.1%}" if lift[g][k] is not None else "n/a"
-                                               for g in ("overall", "long_tail", "cold") for k in GROUP_KEYS) + " |")
-    if "intents" in result:
-        i = result["intents"]
-        lines += ["", f"Intent composition: {i['us_per_user_median']} µs/user median, p99 {i['us_per_user_p99']} µs, "
-                  f"{i['us_per_user_with_id_lookup']} µs with id lookup ({i['users']} users, last {i['history']} "
-                  f"items, {i['intents']} intents, 1 thread, network disabled, LLM calls {i['llm_calls']})"]
-    return "\n".join(lines)
+def markdown_goals(verdicts: list[dict[str, Any]]) -> str:
+    def figure(v: dict[str, Any]) -> str:
+        if "popularity" in v:
+            return f"{v['measured']:.4f} vs popularity {v['popularity']:.4f}"
+        low, high = v["ci_pct"]
+        return f"{v['measured']:+.1f}% [{low:+.1f}, {high:+.1f}]" if v["measured"] is not None else "n/a"
+
+    return "\n".join(f"- {'met' if v['met'] else 'MISSED'}: {v['goal']} — {figure(v)}" for v in verdicts)
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    from inference.knowledge.embeddings import load_item_embeddings
-    from inference.knowledge.intents import IntentIndex
-    from inference.knowledge.store import EMBEDDINGS, resolve_version
-    from ranking.config import load_train_config
     from ranking.experiment import load_sequences, machine_description
 
-    started = time.time()
-    data = load_sequences(args.dataset)
-    vectors, version = load_item_embeddings(args.dataset, data.item_ids, version=args.embeddings)
-    meta = json.loads((resolve_version(EMBEDDINGS, args.dataset, version) / "meta.json").read_text())
-    result: dict[str, Any] = {"dataset": args.dataset, "embeddings_version": version,
-                              "embeddings_source": meta.get("source"),
-                              "knowledge_version": meta.get("knowledge_version"),
-                              "seeds": args.seeds, "machine": machine_description(),
-                              "command": "reaseq " + " ".join(sys.argv[1:])}
+    command = "reaseq " + " ".join(sys.argv[1:])
+    if "ablation" in args.part:
+        started = time.time()
+        result = ablation(args)
+        result["wall_seconds"] = round(time.time() - started, 1)
+        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out, command)
+        print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")
     if "intents" in args.part:
+        from inference.knowledge.intents import IntentIndex
+        from inference.knowledge.store import EMBEDDINGS, resolve_version
+
+        folder = resolve_version(EMBEDDINGS, args.dataset, args.embeddings)
         try:
-            index = IntentIndex.load(resolve_version(EMBEDDINGS, args.dataset, version))
-            result["intents"] = intents_cost(index, data)
+            index = IntentIndex.load(folder)
         except FileNotFoundError as error:
             print(f"intents: skipped ({error})", file=sys.stderr)
-    if "ablation" in args.part:
-        cfg = load_train_config(args.config, args.dataset, epochs=args.epochs, max_seconds=args.max_seconds)
-        result["config"] = cfg.to_dict()
-        result["ablation"] = ablation(data, cfg, vectors, args)
-    result["wall_seconds"] = round(time.time() - started, 1)
-    part = f"ablation-{result['embeddings_source']}" if "ablation" in args.part else "intents"
-    path = write_json(result, f"knowledge-{args.dataset}-{part}.json", args.out)
-    print(markdown(result))
-    print(f"\nmachine: {result['machine']}; wall {result['wall_seconds']:.0f} s; JSON: {path}")
+            return 0
+        cost = intents_cost(index, load_sequences(args.dataset))
+        result = {"dataset": args.dataset, "embeddings_version": folder.name, "machine": machine_description(),
+                  "intents": cost}
+        path = write_json(result, f"knowledge-{args.dataset}-intents.json", args.out, command)
+        print(f"Intent composition: {cost['us_per_user_median']} µs/user median, p99 {cost['us_per_user_p99']} µs, "
+              f"{cost['us_per_user_with_id_lookup']} µs with id lookup ({cost['users']} users, last "
+              f"{cost['history']} items, {cost['intents']} intents, 1 thread, network disabled, LLM calls "
+              f"{cost['llm_calls']})\nJSON: {path}")
     return 0

@@ -174,8 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--limit", type=int, default=None)
 
     bench_knowledge = bench_cmds.add_parser(
-        "knowledge", help="ranker with vs without knowledge embeddings (overall, long tail, cold items; median "
-                          "of seeds) and the online intent composition's cost per user; JSON to bench/results/")
+        "knowledge", help="the ReaSeq ablation: IDs only, + knowledge, + inferred behaviours, + both, on the same "
+                          "seeds and epoch budget (medians, paired bootstrap CIs; all users, sparse users, tail and "
+                          "cold items; the goals judged), and the online intent composition's cost per user; JSON "
+                          "to bench/results/")
     from bench.knowledge import add_arguments as add_knowledge_bench_arguments
 
     add_knowledge_bench_arguments(bench_knowledge)
