@@ -222,7 +222,7 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     ranks = rank_users(data, model_scorer(result.model, result.device, extras and extras["test"]), "test")
     return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history), "train_seconds": round(result.seconds, 1),
+            "epochs_run": len(result.history), "history": result.history, "train_seconds": round(result.seconds, 1),
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
             "ranks": ranks.astype(int).tolist()}
 
@@ -301,6 +301,8 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
             "seeds": {str(s): runs[arm.name, s]["test"] for s in seeds},
             "best_epochs": [runs[arm.name, s]["best_epoch"] for s in seeds],
             "train_seconds": [runs[arm.name, s]["train_seconds"] for s in seeds],
+            "valid_ndcg10_curves": {str(s): [round(h["valid_NDCG@10"], 5) for h in runs[arm.name, s].get("history", [])]
+                                    for s in seeds},
             "model_config": runs[arm.name, seeds[0]]["model_config"],
             "behaviors": runs[arm.name, seeds[0]].get("behaviors"),
             "slices": {name: float(per_user[arm.name][mask].mean()) for name, mask in masks.items()},

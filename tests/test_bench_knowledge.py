@@ -73,6 +73,7 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert result["cold_items"] == 8 and result["slice_users"]["cold_items"] > 0
     assert result["embeddings_version"] == folder.name and result["knowledge_version"] == "k-test"
     assert result["arms"]["knowledge"]["model_config"]["side_mode"] == "gate"
+    assert [len(c) for c in result["arms"]["ids"]["valid_ndcg10_curves"].values()] == [1, 1]  # one epoch per seed
     assert result["git_commit"] and result["command"]
     goals = {v["goal"] for v in result["goals"]}
     assert any(g.startswith("knowledge: ΔNDCG@10") for g in goals) and any("cold" in g for g in goals)
