@@ -1,7 +1,7 @@
 """`reaseq demo` (what `make demo` runs): the whole system on the embedded default, MovieLens-100K.
 
 Data → knowledge (catalogue + Freebase KG facts as text vectors, KG relational vectors, grounded reasons;
-the LLM's knowledge records too when a knowledge artifact was built) → behaviour model → the
+the LLM's knowledge records: the latest knowledge artifact, else the records shipped with the project) → behaviour model → the
 knowledge-aware ranker reading the inferred behaviours, evaluated → the stream: Kafka → PyFlink → Ray
 Serve (Ranker with its reasons, behaviour model for the nearline refresh) → Kafka, with live progress.
 Exits 1 when any replayed event ended with neither a score nor a dead letter.
@@ -98,12 +98,14 @@ def knowledge_step(data, titles: dict[str, str], step: str) -> dict[str, Any]:
     """Embed every item's knowledge (LLM records when a knowledge artifact exists, else evidence alone), with
     the KG's relational vectors and reasons; return the ranker's training inputs."""
     from inference.knowledge.build import load_records
+    from inference.knowledge.commands import build_from_shipped
     from inference.knowledge.embeddings import build_item_embeddings, knowledge_training_inputs
 
     try:
         records, knowledge_version = load_records(data.dataset, None)
-    except FileNotFoundError:
-        records, knowledge_version = None, None
+    except FileNotFoundError:  # a clean checkout: the records shipped with the project, no model run
+        shipped = build_from_shipped(data.dataset)
+        records, knowledge_version = load_records(data.dataset, shipped.version) if shipped else (None, None)
     source = (f"the LLM's knowledge records {knowledge_version} ({len(records):,} items) over the evidence"
               if records else "evidence alone (no knowledge artifact: `reaseq knowledge build` adds the LLM's)")
     print(f"{step} knowledge: catalogue + Freebase KG facts → text vectors (all-MiniLM-L6-v2), KG relational "

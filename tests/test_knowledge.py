@@ -280,6 +280,26 @@ def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everyt
     assert ignored.counts["built"] == 0
 
 
+def test_a_clean_checkout_gets_the_shipped_records_exactly_as_the_cli_default_build_keys_them(server, tmp_path):
+    """What the demo does without a knowledge artifact: `knowledge build --cached-only` from the pack alone."""
+    from inference.knowledge.commands import build_from_shipped
+    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS
+
+    assert build_from_shipped("ml-100k", shipped_dir=tmp_path / "none") is None  # nothing ships there
+    backend = OpenAIChatBackend(server.base_url, MODELS[DEFAULT_MODEL].name, timeout_s=2, max_retries=0)
+    cli_default = BuildConfig(items=["1", "2", "183"], llm_verifier=False, director_claims=False)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    built = build_knowledge(backend, cli_default, root=tmp_path / "art", cache=tmp_path / "cache", progress=False,
+                            shipped_dir=tmp_path / "data")
+    pack_results(tmp_path / "cache", "ml-100k", MODELS[DEFAULT_MODEL].name, "reaseq knowledge build …",
+                 tmp_path / "data")
+    hits = server.hits
+    shipped = build_from_shipped("ml-100k", root=tmp_path / "art2", cache=tmp_path / "empty",
+                                 shipped_dir=tmp_path / "data")
+    assert server.hits == hits and shipped.counts["built"] == 3  # no model, every shipped item
+    assert read_jsonl(shipped.path / "records.jsonl") == read_jsonl(built.path / "records.jsonl")
+
+
 def test_a_changed_or_unexplained_pack_stops_with_how_to_fix_it(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()

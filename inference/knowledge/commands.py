@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(knowledge: argparse.ArgumentParser) -> None:
@@ -84,8 +85,6 @@ def main_from_args(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from inference.knowledge.llama_server import MODELS, fetch_model, weights_problem
 
     model = MODELS[args.model]
@@ -128,8 +127,6 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from inference.knowledge.llama_server import MODELS
     from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, pack_results
     from ranking.paths import cache_dir
@@ -145,24 +142,56 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_config(args: argparse.Namespace):
+    from inference.knowledge.build import BuildConfig
+
+    return BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
+                       tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
+                       director_claims=not args.no_director_claims, shipped=not args.no_shipped)
+
+
+def _no_model_backend(args: argparse.Namespace):
+    """A backend that is never reached (a closed port, no retries): what --cached-only builds with."""
+    from inference.knowledge.backends import OpenAIChatBackend
+    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS
+
+    return OpenAIChatBackend("http://127.0.0.1:9/v1", args.model or MODELS[args.llm or DEFAULT_MODEL].name,
+                             max_retries=0)
+
+
+def build_from_shipped(dataset: str, root: Path | None = None, cache: Path | None = None,
+                       shipped_dir: Path | None = None):
+    """A knowledge artifact from the results shipped with the project, with no model: exactly what
+    `reaseq knowledge build --dataset DATASET --cached-only` writes. None when no results ship for it."""
+    from inference.knowledge.build import build_knowledge
+    from inference.knowledge.shipped import SHIPPED_DIR, pack_path
+
+    shipped_dir = shipped_dir or SHIPPED_DIR
+    if not pack_path(dataset, shipped_dir).is_file():
+        return None
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["build", "--dataset", dataset, "--cached-only"])
+    return build_knowledge(_no_model_backend(args), _build_config(args), root=root, cache=cache, progress=False,
+                           shipped_dir=shipped_dir)
+
+
 def _build(args: argparse.Namespace) -> int:
     import contextlib
 
     from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
-    from inference.knowledge.build import BuildConfig, build_knowledge, print_examples
+    from inference.knowledge.build import build_knowledge, print_examples
     from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS, LlamaServer, ServerConfig
     from inference.knowledge.shipped import ShippedResultsError
     from ranking.paths import cache_dir
 
-    cfg = BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
-                      tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
-                      director_claims=not args.no_director_claims, shipped=not args.no_shipped)
+    cfg = _build_config(args)
     gguf = MODELS[args.llm or DEFAULT_MODEL]
     with contextlib.ExitStack() as stack:
         if args.backend == "vllm":
             backend = VLLMOfflineBackend(args.model or "HuggingFaceTB/SmolLM2-135M-Instruct")
         elif args.cached_only:
-            backend = OpenAIChatBackend("http://127.0.0.1:9/v1", args.model or gguf.name, max_retries=0)
+            backend = _no_model_backend(args)
         elif args.base_url:
             backend = OpenAIChatBackend(args.base_url, args.model or "default", timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
