@@ -20,6 +20,7 @@ import socket
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="where finished runs are kept (resumable; default "
                         "bench/results/compare/knowledge-<dataset>)")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--plot", default=None, help="ablation: write the validation curves and the differences "
+                        "with their CIs as a PNG here (e.g. docs/ablation-ml-100k.png)")
 
 
 def goal_verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -143,6 +146,50 @@ def intents_cost(index, data: SequenceData, history: int = 50, repeats: int = 3)
                         "weights": [round(w, 3) for w in example.weights]}}
 
 
+def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
+    """Two panels as a PNG: each arm's validation NDCG@10 per epoch (median over seeds; is the epoch budget
+    enough?) and each arm's ΔNDCG@10 to the baseline with its 95% CI per slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = result["arms"]
+    base = next(iter(arms))
+    fig, (curves, deltas) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, row in arms.items():
+        runs = [c for c in row["valid_ndcg10_curves"].values() if c]
+        if runs:
+            length = max(len(c) for c in runs)
+            median = [statistics.median(c[e] for c in runs if e < len(c)) for e in range(length)]
+            curves.plot(range(1, length + 1), median, label=f"{name} (best epochs {row['best_epochs']})")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation NDCG@10 (median of seeds)")
+    curves.legend(fontsize=8)
+    parts = list(result["slice_users"])
+    others = [name for name in arms if name != base]
+    width = 0.8 / max(1, len(others))
+    for index, name in enumerate(others):
+        versus = arms[name]["vs_" + base]
+        x = np.arange(len(parts)) + (index - (len(others) - 1) / 2) * width
+        middle = np.array([100 * versus[p]["diff"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
+        low = np.array([100 * versus[p]["ci_low"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
+        high = np.array([100 * versus[p]["ci_high"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
+        deltas.bar(x, middle, width, label=name, yerr=[middle - low, high - middle], capsize=3)
+    deltas.axhline(0, color="grey", linewidth=0.8)
+    deltas.set_xticks(range(len(parts)), [f"{p.replace('_', ' ')}\n({result['slice_users'][p]} users)"
+                                          for p in parts], fontsize=8)
+    deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
+    deltas.legend(fontsize=8)
+    fig.suptitle(f"{result['dataset']}: {len(result['seeds'])} seeds, cold items {result['cold_items']}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def markdown_goals(verdicts: list[dict[str, Any]]) -> str:
     def figure(v: dict[str, Any]) -> str:
         if "popularity" in v:
@@ -163,6 +210,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         result["wall_seconds"] = round(time.time() - started, 1)
         path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out, command)
         print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")
+        if args.plot:
+            print(f"plot: {plot_ablation(result, args.plot)}")
     if "intents" in args.part:
         from inference.knowledge.intents import IntentIndex
         from inference.knowledge.store import EMBEDDINGS, resolve_version

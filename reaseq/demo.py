@@ -1,9 +1,10 @@
 """`reaseq demo` (what `make demo` runs): the whole system on the embedded default, MovieLens-100K.
 
 Data → knowledge (catalogue + Freebase KG facts as text vectors, KG relational vectors, grounded reasons;
-the LLM's knowledge records: the latest knowledge artifact, else the records shipped with the project) → behaviour model → the
-knowledge-aware ranker reading the inferred behaviours, evaluated → the stream: Kafka → PyFlink → Ray
-Serve (Ranker with its reasons, behaviour model for the nearline refresh) → Kafka, with live progress.
+the LLM's knowledge records: the latest knowledge artifact, else the records shipped with the project)
+→ behaviour model → the knowledge-aware ranker reading the inferred behaviours, evaluated → the stream:
+Kafka → PyFlink → Ray Serve (Ranker with its reasons, behaviour model for the nearline refresh) → Kafka,
+with live progress.
 Exits 1 when any replayed event ended with neither a score nor a dead letter.
 """
 

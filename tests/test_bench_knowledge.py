@@ -67,7 +67,8 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     args = parser.parse_args(["--sequences", str(path), "--part", "ablation", "--seeds", "1", "2",
                               "--cold-fraction", "0.2", "--arm", f"ids={tmp_path / 'ids.yaml'}",
                               "--arm", f"knowledge={tmp_path / 'knowledge.yaml'}",
-                              "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+                              "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                              "--plot", str(tmp_path / "ablation.png")])
     assert main_from_args(args) == 0
     result = json.loads((tmp_path / "out" / "knowledge-synthetic-ablation.json").read_text())
     assert result["cold_items"] == 8 and result["slice_users"]["cold_items"] > 0
@@ -77,5 +78,6 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert result["git_commit"] and result["command"]
     goals = {v["goal"] for v in result["goals"]}
     assert any(g.startswith("knowledge: ΔNDCG@10") for g in goals) and any("cold" in g for g in goals)
+    assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
