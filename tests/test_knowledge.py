@@ -300,6 +300,22 @@ def test_a_clean_checkout_gets_the_shipped_records_exactly_as_the_cli_default_bu
     assert read_jsonl(shipped.path / "records.jsonl") == read_jsonl(built.path / "records.jsonl")
 
 
+def test_examples_print_as_many_distinct_records_as_asked_with_their_evidence(server, tmp_path, capsys):
+    from inference.knowledge.build import print_examples
+
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    built = build_knowledge(backend, BuildConfig(items=["1", "2", "50", "172", "183"], director_claims=False),
+                            root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    capsys.readouterr()
+    for count, expected in ((3, 3), (4, 4), (10, 5)):  # never more than were built, never one twice
+        print_examples(built.path, count)
+        headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== item")]
+        assert len(headers) == len(set(headers)) == expected
+    print_examples(built.path, 1)
+    assert "[E1] title: Toy Story" in capsys.readouterr().out
+
+
 def test_a_changed_or_unexplained_pack_stops_with_how_to_fix_it(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()

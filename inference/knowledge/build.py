@@ -266,7 +266,8 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
 
 
 def print_examples(path: Path, count: int = 3) -> None:
-    """Print a few records with their evidence and trace (the first, a repaired one, one with a tagline)."""
+    """Print `count` records with their evidence and trace: the first, a repaired one, one with a tagline, then
+    items spread evenly over the catalogue."""
     records = {r["item_id"]: r for r in read_jsonl(path / "records.jsonl")}
     traces = {t["item_id"]: t for t in read_jsonl(path / "traces.jsonl")}
     evidence = {e["item_id"]: e for e in read_jsonl(path / "evidence.jsonl")}
@@ -276,6 +277,9 @@ def print_examples(path: Path, count: int = 3) -> None:
             if item_id in records and item_id not in picks and wanted(trace):
                 picks.append(item_id)
                 break
+    built = [item_id for item_id in traces if item_id in records]
+    spread = built[:: max(1, len(built) // max(1, count))]
+    picks = list(dict.fromkeys(picks + spread + built))
     for item_id in picks[:count]:
         ev = evidence[item_id]
         print(f"\n== item {item_id}: {ev['title']} ({ev['year']})")
