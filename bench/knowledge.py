@@ -146,6 +146,11 @@ def intents_cost(index, data: SequenceData, history: int = 50, repeats: int = 3)
                         "weights": [round(w, 3) for w in example.weights]}}
 
 
+def _relative_pct(versus: dict[str, dict[str, float]], parts: list[str], key: str) -> np.ndarray:
+    """A bootstrap figure per slice in % of the baseline; NaN where the baseline scores 0 (written, not drawn)."""
+    return np.array([100 * versus[p][key] / versus[p]["base"] if versus[p]["base"] else np.nan for p in parts])
+
+
 def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     """Two panels as a PNG: each arm's validation NDCG@10 per epoch (median over seeds; is the epoch budget
     enough?) and each arm's ΔNDCG@10 to the baseline with its 95% CI per slice."""
@@ -172,11 +177,14 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     for index, name in enumerate(others):
         versus = arms[name]["vs_" + base]
         x = np.arange(len(parts)) + (index - (len(others) - 1) / 2) * width
-        middle = np.array([100 * versus[p]["diff"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
-        low = np.array([100 * versus[p]["ci_low"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
-        high = np.array([100 * versus[p]["ci_high"] / versus[p]["base"] if versus[p]["base"] else 0.0 for p in parts])
-        deltas.bar(x, middle, width, label=name, yerr=[middle - low, high - middle], capsize=3)
+        middle, low, high = (_relative_pct(versus, parts, key) for key in ("diff", "ci_low", "ci_high"))
+        bars = deltas.bar(x, middle, width, label=name, yerr=[middle - low, high - middle], capsize=3)
+        for position, part in zip(x, parts, strict=True):
+            if not versus[part]["base"]:
+                deltas.annotate(f"{name} {versus[part]['diff']:+.3f} abs.", (position, 0), rotation=90, ha="center",
+                                va="bottom", fontsize=7, color=bars.patches[0].get_facecolor())
     deltas.axhline(0, color="grey", linewidth=0.8)
+    deltas.set_xlim(-0.6, len(parts) - 0.4)
     deltas.set_xticks(range(len(parts)), [f"{p.replace('_', ' ')}\n({result['slice_users'][p]} users)"
                                           for p in parts], fontsize=8)
     deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
