@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.results import save_figure
 from bench.results import write_result as write_json
 from inference.behavior.diffusion import SamplingConfig, sample_cached, sample_reference
 from inference.behavior.model import BehaviorConfig, DiffusionBehaviorModel
@@ -185,12 +186,7 @@ def plot_rft_curve(curve: list[dict[str, float]], path: str | Path, title: str) 
     bottom.set_ylabel("KL to pre-trained")
     bottom.set_xlabel("GRPO step")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_result(result: dict[str, Any], out_dir: str | Path, name: str) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bench.compare import Arm, markdown_table, run_comparison
+from bench.results import save_figure
 from bench.results import write_result as write_json
 from ranking.splits import SequenceData
 
@@ -190,12 +191,7 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
     deltas.legend(fontsize=8)
     fig.suptitle(f"{result['dataset']}: {len(result['seeds'])} seeds, cold items {result['cold_items']}", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown_goals(verdicts: list[dict[str, Any]]) -> str:

@@ -46,3 +46,15 @@ def write_result(result: dict[str, Any], name: str, out_dir: str | Path = RESULT
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**provenance(command), **result}, indent=2))
     return path
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG (making its folder) and close it; the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -265,3 +265,11 @@ def test_rft_artifacts_name_their_parent(tmp_path, ml100k_sequences):
     restored = BehaviorReasoner.load(str(parent.path), "cpu")
     for name, value in pretrained.model.state_dict().items():
         assert torch.equal(restored.model.state_dict()[name].cpu(), value.cpu())
+
+
+def test_the_reward_curve_plot_is_written_as_a_png(tmp_path):
+    from bench.behavior import plot_rft_curve
+
+    curve = [{"step": s, "reward": 0.01 * s, "kl": 0.001 * s} for s in range(1, 21)]
+    path = plot_rft_curve(curve, tmp_path / "plots" / "rft.png", "RFT of a test model")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
