@@ -205,14 +205,13 @@ def markdown_goals(verdicts: list[dict[str, Any]]) -> str:
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    from ranking.experiment import load_sequences, machine_description
+    from ranking.experiment import load_sequences
 
-    command = "reaseq " + " ".join(sys.argv[1:])
     if "ablation" in args.part:
         started = time.time()
         result = ablation(args)
         result["wall_seconds"] = round(time.time() - started, 1)
-        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out, command)
+        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out)
         print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")
         if args.plot:
             print(f"plot: {plot_ablation(result, args.plot)}")
@@ -227,9 +226,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             print(f"intents: skipped ({error})", file=sys.stderr)
             return 0
         cost = intents_cost(index, load_sequences(args.dataset))
-        result = {"dataset": args.dataset, "embeddings_version": folder.name, "machine": machine_description(),
-                  "intents": cost}
-        path = write_json(result, f"knowledge-{args.dataset}-intents.json", args.out, command)
+        result = {"dataset": args.dataset, "embeddings_version": folder.name, "intents": cost}
+        path = write_json(result, f"knowledge-{args.dataset}-intents.json", args.out)
         print(f"Intent composition: {cost['us_per_user_median']} µs/user median, p99 {cost['us_per_user_p99']} µs, "
               f"{cost['us_per_user_with_id_lookup']} µs with id lookup ({cost['users']} users, last "
               f"{cost['history']} items, {cost['intents']} intents, 1 thread, network disabled, LLM calls "
