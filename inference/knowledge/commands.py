@@ -6,6 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from inference.knowledge.backends import OpenAIChatBackend
+    from inference.knowledge.build import BuildConfig, BuildSummary
 
 
 def add_arguments(knowledge: argparse.ArgumentParser) -> None:
@@ -142,7 +147,7 @@ def _pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_config(args: argparse.Namespace):
+def _build_config(args: argparse.Namespace) -> BuildConfig:
     from inference.knowledge.build import BuildConfig
 
     return BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
@@ -150,7 +155,7 @@ def _build_config(args: argparse.Namespace):
                        director_claims=not args.no_director_claims, shipped=not args.no_shipped)
 
 
-def _no_model_backend(args: argparse.Namespace):
+def _no_model_backend(args: argparse.Namespace) -> OpenAIChatBackend:
     """A backend that is never reached (a closed port, no retries): what --cached-only builds with."""
     from inference.knowledge.backends import OpenAIChatBackend
     from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS
@@ -160,7 +165,7 @@ def _no_model_backend(args: argparse.Namespace):
 
 
 def build_from_shipped(dataset: str, root: Path | None = None, cache: Path | None = None,
-                       shipped_dir: Path | None = None):
+                       shipped_dir: Path | None = None) -> BuildSummary | None:
     """A knowledge artifact from the results shipped with the project, with no model: exactly what
     `reaseq knowledge build --dataset DATASET --cached-only` writes. None when no results ship for it."""
     from inference.knowledge.build import build_knowledge
