@@ -169,6 +169,30 @@ def test_up_refuses_a_folder_whose_cluster_still_runs(tmp_path):
     assert (tmp_path / "cluster.json").exists()  # nothing of it was removed
 
 
+def test_a_wait_gives_up_at_once_when_a_member_exits_and_shows_its_log(tmp_path):
+    import time
+
+    from streaming.local.cluster import ClusterError
+
+    cluster = LocalCluster(tmp_path)
+    (tmp_path / "logs").mkdir()
+    cluster._add("jobmanager", "jobmanager", ["bash", "-c", "echo 'Address already in use'; exit 1"], {})
+    cluster.start("jobmanager")
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"(?s)jobmanager exited while waiting for the REST port.*"
+                                           r"last lines of jobmanager.*Address already in use"):
+        cluster.wait_for("the REST port", lambda: False, 60, ["jobmanager"])
+    assert time.monotonic() - started < 10  # not the full 60 s
+
+    cluster._add("taskmanager-1", "taskmanager", ["bash", "-c", "echo still starting; sleep 30"], {})
+    cluster.start("taskmanager-1")
+    try:
+        with pytest.raises(ClusterError, match=r"(?s)timed out after 2 s waiting for 1 TaskManager.*still starting"):
+            cluster.wait_for("1 TaskManager", lambda: False, 2, ["taskmanager-1"])
+    finally:
+        cluster.kill("taskmanager-1")
+
+
 def test_jvms_are_judged_by_their_live_heap_and_other_processes_by_rss():
     from streaming.local.soak import verdict
 

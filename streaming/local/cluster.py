@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,12 @@ def quiet_kafka():
         logger.setLevel(level)
 
 
-def wait_until(what: str, check, timeout_s: float, every_s: float = 0.5):
-    """Poll `check()` until it returns something truthy (returned), or raise ClusterError naming `what`."""
+def wait_until(what: str, check, timeout_s: float, every_s: float = 0.5,
+               gave_up: Callable[[], str | None] | None = None, explain: Callable[[], str] | None = None):
+    """Poll `check()` until it returns something truthy (returned), or raise ClusterError naming `what`.
+
+    `gave_up()` returns a reason to stop at once (a process it waits for has exited); `explain()` adds what
+    would help to the error (the last lines of the logs)."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -172,8 +177,22 @@ def wait_until(what: str, check, timeout_s: float, every_s: float = 0.5):
                 return last
         except Exception as error:  # not up yet
             last = error
+        reason = gave_up() if gave_up else None
+        if reason:
+            raise ClusterError(f"{reason} while waiting for {what} (last: {last!r})"
+                               + (f"\n{explain()}" if explain else ""))
         time.sleep(every_s)
-    raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})")
+    raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {last!r})"
+                       + (f"\n{explain()}" if explain else ""))
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ('' when it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def kafka_properties(node: int, work: Path, broker_port: int, voters: str, brokers: int) -> dict[str, str]:
@@ -355,6 +374,19 @@ class LocalCluster:
         self.save()
         return count
 
+    def wait_for(self, what: str, check, timeout_s: float, watch: list[str]):
+        """wait_until, giving up as soon as one of the `watch`ed members has exited, and naming the
+        last lines of their logs in the error."""
+        def exited() -> str | None:
+            dead = [name for name in watch if not self.alive(name)]
+            return f"{', '.join(dead)} exited" if dead else None
+
+        def logs() -> str:
+            return "\n".join(f"--- last lines of {name} ({self.state.members[name].log}):\n"
+                             f"{log_tail(Path(self.state.members[name].log))}" for name in watch)
+
+        return wait_until(what, check, timeout_s, gave_up=exited, explain=logs)
+
     # -- up --------------------------------------------------------------------------------------------
 
     def up(self, progress=print) -> None:
@@ -408,7 +440,8 @@ class LocalCluster:
                                               "kafka.Kafka", str(node / "server.properties")], {})
         for n in range(1, brokers + 1):
             self.start(f"kafka-{n}")
-        wait_until(f"{brokers} Kafka brokers", lambda: len(self.kafka_brokers()) == brokers, 120)
+        self.wait_for(f"{brokers} Kafka brokers", lambda: len(self.kafka_brokers()) == brokers, 120,
+                      [f"kafka-{n}" for n in range(1, brokers + 1)])
         from streaming.topics import ensure_topics
 
         with quiet_kafka():
@@ -442,7 +475,7 @@ class LocalCluster:
         self._add("zookeeper", "zookeeper", [java, f"-Xmx{self.layout.zookeeper_heap}", "-XX:+ExitOnOutOfMemoryError",
                                              "-cp", classpath, ZOOKEEPER_MAIN, str(node / "zoo.cfg")], {})
         self.start("zookeeper")
-        wait_until("ZooKeeper", lambda: zookeeper_answers(self.state.ports["zookeeper"]), 60)
+        self.wait_for("ZooKeeper", lambda: zookeeper_answers(self.state.ports["zookeeper"]), 60, ["zookeeper"])
         progress(f"zookeeper: {HOST}:{self.state.ports['zookeeper']} (JobManager HA, recovery data under "
                  f"{self.work / 'flink' / 'ha'})")
 
@@ -482,8 +515,11 @@ class LocalCluster:
         self.start("jobmanager")
         for n in range(1, self.layout.taskmanagers + 1):
             self.start(f"taskmanager-{n}")
-        wait_until(f"{self.layout.taskmanagers} TaskManagers registered",
-                   lambda: len(self.rest("/taskmanagers")["taskmanagers"]) == self.layout.taskmanagers, 120)
+        # 240 s: a JobManager's first start on 2 busy cores (JVM, ZooKeeper leader election, REST) has taken
+        # over 120 s; one that exits fails at once with its log instead
+        self.wait_for(f"{self.layout.taskmanagers} TaskManagers registered",
+                      lambda: len(self.rest("/taskmanagers")["taskmanagers"]) == self.layout.taskmanagers, 240,
+                      ["jobmanager", *(f"taskmanager-{n}" for n in range(1, self.layout.taskmanagers + 1))])
         progress(f"flink: session cluster at {self.rest_url}, {self.layout.taskmanagers} TaskManagers × 1 slot")
 
     def rest(self, path: str) -> Any:
@@ -505,12 +541,13 @@ class LocalCluster:
         self._add("ray-head", "ray-head", [ray, "start", "--head", "--port", str(self.state.ports["ray-gcs"]),
                                            "--include-dashboard", "false", "--disable-usage-stats", *common], env)
         self.start("ray-head")
-        wait_until("the Ray head", lambda: self.ray_nodes() >= 1, 120)
+        self.wait_for("the Ray head", lambda: self.ray_nodes() >= 1, 120, ["ray-head"])
         for n in range(1, self.layout.ray_workers + 1):
             self._add(f"ray-worker-{n}", "ray-worker", [ray, "start", "--address", self.ray_address, *common], env)
             self.start(f"ray-worker-{n}")
-        wait_until(f"{1 + self.layout.ray_workers} Ray nodes", lambda: self.ray_nodes() == 1 + self.layout.ray_workers,
-                   120)
+        self.wait_for(f"{1 + self.layout.ray_workers} Ray nodes",
+                      lambda: self.ray_nodes() == 1 + self.layout.ray_workers, 120,
+                      ["ray-head", *(f"ray-worker-{n}" for n in range(1, self.layout.ray_workers + 1))])
         progress(f"ray: head at {self.ray_address} and {self.layout.ray_workers} worker node(s)")
 
     def ray_nodes(self) -> int:
