@@ -256,6 +256,21 @@ def test_build_records_failures_then_resumes_from_cache(server, tmp_path):
     assert provenance["cached_items"] == 3 and provenance["prompt_version"].startswith("v2-")
 
 
+def test_a_popularity_ordered_build_takes_the_most_rated_items_first(server, tmp_path):
+    from inference.knowledge.build import by_popularity
+    from ranking.data import load_dataset
+
+    assert by_popularity(["a", "b", "c", "d"], ["c", "b", "c", "d", "b", "c"]) == ["c", "b", "d", "a"]
+    assert by_popularity(["a", "b"], []) == ["a", "b"]  # ties keep the catalogue order
+
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    cfg = BuildConfig(limit=2, order="popularity", director_claims=False)
+    built = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    most_rated = load_dataset("ml-100k").interactions.item_id.astype(str).value_counts().index[:2]
+    assert [r["item_id"] for r in read_jsonl(built.path / "records.jsonl")] == list(most_rated)  # Star Wars first
+
+
 def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everything_matches(server, tmp_path):
     backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
     cfg = BuildConfig(items=["1", "2", "183"], director_claims=False)

@@ -18,7 +18,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class BuildConfig:
     prompts: str = "v2"
     limit: int | None = None
     items: Sequence[str] | None = None
+    order: str = "catalogue"  # or "popularity": most-rated items first, so a partial build covers most of the log
     max_rounds: int = 3
     llm_verifier: bool = True
     tagline: bool = False
@@ -126,6 +128,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     graph = KnowledgeGraph.from_frames(data.items, data.kg)
     evidence, audit = extract_all(data.items, data.kg, graph)
     item_ids = [str(i) for i in (cfg.items or data.items.item_id)]
+    if cfg.order == "popularity":
+        item_ids = by_popularity(item_ids, data.interactions.item_id.astype(str))
     if cfg.limit is not None:
         item_ids = item_ids[: cfg.limit]
     prompts = Prompts.load(cfg.prompts)
@@ -170,6 +174,13 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     wall = time.monotonic() - started
     return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,
                            root, claims)
+
+
+def by_popularity(item_ids: list[str], rated: Iterable[str]) -> list[str]:
+    """The items most-rated first; ties and unrated items keep their catalogue order."""
+    counts = Counter(rated)
+    position = {item: n for n, item in enumerate(item_ids)}
+    return sorted(item_ids, key=lambda item: (-counts[item], position[item]))
 
 
 def director_claims(backend: LLMBackend, graph: KnowledgeGraph, item_ids: list[str], store: ResultCache,

@@ -26,6 +26,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build.add_argument("--data-dir", default=None)
     build.add_argument("--limit", type=int, default=None, help="only the first N items")
     build.add_argument("--items", nargs="+", default=None, help="only these item ids")
+    build.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
+                       help="popularity: most-rated items first, so an interrupted build already covers most "
+                            "of the log (default: catalogue order)")
     build.add_argument("--base-url", default=None, help="OpenAI-compatible API, e.g. http://host:8000/v1 "
                        "(vllm serve, Ray Serve LLM, llama.cpp); default: start llama.cpp with SmolLM2-135M")
     build.add_argument("--model", default=None, help="model name at --base-url")
@@ -150,7 +153,8 @@ def _pack(args: argparse.Namespace) -> int:
 def _build_config(args: argparse.Namespace) -> BuildConfig:
     from inference.knowledge.build import BuildConfig
 
-    return BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, llm_verifier=args.llm_verifier,
+    return BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, order=args.order,
+                       llm_verifier=args.llm_verifier,
                        tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
                        director_claims=not args.no_director_claims, shipped=not args.no_shipped)
 
