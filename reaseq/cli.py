@@ -129,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.claims import add_arguments as add_claims_arguments
 
     add_claims_arguments(claims)
+    llama = bench_cmds.add_parser("llama", help="the knowledge build's cost per item with the portable and the "
+                                  "AVX-512 llama-cpp, alternating rounds (s/item, prompt tokens/s, same records?); "
+                                  "JSON to bench/results/")
+    from bench.llama import add_arguments as add_llama_arguments
+
+    add_llama_arguments(llama)
 
     bench_behavior = bench_cmds.add_parser(
         "behavior", help="implicit path: ranker with vs without inferred behaviours (median of seeds, overall and "
@@ -428,6 +434,10 @@ def _bench(args: argparse.Namespace) -> int:
         from bench.claims import main_from_args as claims
 
         return claims(args)
+    if args.bench == "llama":
+        from bench.llama import main_from_args as llama
+
+        return llama(args)
     if args.bench == "ranker-pass":
         from bench.ranker_pass import main_from_args as ranker_pass
 
