@@ -271,6 +271,22 @@ def test_a_popularity_ordered_build_takes_the_most_rated_items_first(server, tmp
     assert [r["item_id"] for r in read_jsonl(built.path / "records.jsonl")] == list(most_rated)  # Star Wars first
 
 
+def test_director_claims_are_judged_but_their_names_enter_records_only_when_asked(server, tmp_path):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}, "text": "Alfred Hitchcock"}]
+    hitchcock = ["185", "443", "479", "480"]  # Psycho, The Birds, Vertigo, North by Northwest: one KG director
+    default = build_knowledge(backend, BuildConfig(items=hitchcock), root=tmp_path / "art", cache=tmp_path / "cache",
+                              progress=False)
+    assert default.counts["built"] == 4
+    claims = read_jsonl(default.path / "claims.jsonl")
+    assert [c["status"] for c in claims] == ["supported"] * 4 and claims[0]["answer"] == "Alfred Hitchcock"
+    assert not any(a.startswith("directed by") for r in read_jsonl(default.path / "records.jsonl")
+                   for a in r["attributes"])  # consistent is not proven right: the name stays out by default
+    named = build_knowledge(backend, BuildConfig(items=hitchcock, director_names=True), root=tmp_path / "art",
+                            cache=tmp_path / "cache", progress=False)
+    assert all(r["attributes"][0] == "directed by Alfred Hitchcock" for r in read_jsonl(named.path / "records.jsonl"))
+
+
 def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everything_matches(server, tmp_path):
     backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
     cfg = BuildConfig(items=["1", "2", "183"], director_claims=False)

@@ -74,6 +74,11 @@ class BuildConfig:
     cached_only: bool = False  # write an artifact from what the cache holds (no model calls): partial progress
     snapshot_every: int = 50  # items between progress snapshots (progress.json)
     director_claims: bool = True  # ask who directed each KG-directed film; the KG vetoes or supports the claim
+    # put a supported name in the record ("directed by …"): off, because the KG's people are ids, so "supported"
+    # means consistent across the director's films, not right (Qwen2.5-Coder-1.5B's consistent names are about
+    # half wrong, e.g. one invented name for all three of a director's films); the KG's "same director as …"
+    # evidence carries the relation either way
+    director_names: bool = False
     shipped: bool = True  # read the results packed with the project (shipped.py) where the cache has none
 
 
@@ -253,8 +258,8 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
     tag = hashlib.sha256(json.dumps([prompts.version, backend.model, SCHEMA_VERSION, fingerprint]).encode()
                          ).hexdigest()[:8]
     path = new_version_dir(KNOWLEDGE, cfg.dataset, tag, root)
-    write_jsonl(path / "records.jsonl", [with_director(r["record"], verdicts.get(r["item_id"]))
-                                         for r in results if r["record"]])
+    write_jsonl(path / "records.jsonl", [with_director(r["record"], verdicts.get(r["item_id"])) if cfg.director_names
+                                         else r["record"] for r in results if r["record"]])
     write_jsonl(path / "claims.jsonl", [{**v.to_dict(), "answer": claims["answers"][item]}
                                         for item, v in verdicts.items()])
     write_jsonl(path / "failures.jsonl", [f for r in results for f in r["failures"]])

@@ -9,7 +9,9 @@ catalogue: the model answers for every film the KG knows a director of, and a cl
   someone else for films the KG says share this one's director;
 - undecided otherwise (no answer, no KG director, or no other film of that director to compare).
 
-Only supported claims enter a record ("directed by …"); the rest stay in claims.jsonl with the reason.
+Supported is consistent, not proven right: the KG cannot name anyone, so a name the model gives all of a
+director's films alike is supported whoever it names. Every verdict, with its reason, is in claims.jsonl;
+a supported name enters the record ("directed by …") only when the build asks for it (`director_names`).
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        "the cache already holds (progress of a running or interrupted build)")
     build.add_argument("--no-director-claims", action="store_true", help="skip asking who directed each film "
                        "the KG knows a director of (the KG vetoes or supports each answer; see claims.jsonl)")
+    build.add_argument("--director-names", action="store_true", help="put the director names the KG supports into "
+                       "the records (off: the KG's ids check consistency, not the name, so a name the model gives "
+                       "all of a director's films alike is supported even when it is wrong)")
     build.add_argument("--no-shipped", action="store_true", help="ignore the results packed with the project: "
                        "ask the model for every item the local cache does not hold")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
@@ -159,7 +162,8 @@ def _build_config(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(dataset=args.dataset, limit=args.limit, items=args.items, order=args.order,
                        llm_verifier=args.llm_verifier,
                        tagline=args.tagline, reask=args.reask, cached_only=args.cached_only,
-                       director_claims=not args.no_director_claims, shipped=not args.no_shipped)
+                       director_claims=not args.no_director_claims, director_names=args.director_names,
+                       shipped=not args.no_shipped)
 
 
 def _no_model_backend(args: argparse.Namespace) -> OpenAIChatBackend:
