@@ -649,3 +649,19 @@ def test_the_avx512_llama_runs_only_where_the_cpu_has_it_and_it_is_installed(tmp
     with pytest.raises(RuntimeError, match="exited with 3"):
         LlamaServer(model_path=model, config=ServerConfig(llama="avx512", startup_timeout_s=30)).start()
     assert f"--model {model}" in marker.read_text()
+
+
+def test_a_pack_records_a_build_command_that_parses_back_to_the_same_options():
+    import argparse
+    import shlex
+
+    from inference.knowledge.commands import add_arguments, build_command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert build_command("ml-100k", "qwen2.5-coder-1.5b", 2) == (
+        "reaseq knowledge build --dataset ml-100k --llm qwen2.5-coder-1.5b --threads 2")
+    command = build_command("ml-1m", "qwen2.5-coder-1.5b", 2, llama="avx512", order="popularity")
+    build = parser.parse_args(shlex.split(command)[2:])
+    assert (build.knowledge_command, build.dataset, build.llm, build.threads, build.llama, build.order) == (
+        "build", "ml-1m", "qwen2.5-coder-1.5b", 2, "avx512", "popularity")

@@ -66,6 +66,10 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
     pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
+    pack.add_argument("--llama", default="portable", choices=["portable", "avx512"],
+                      help="the llama-cpp build that served it (for its command)")
+    pack.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
+                      help="the build's item order (for its command)")
     pack.add_argument("--out", default=None, help="folder (default: inference/knowledge/data)")
 
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
@@ -140,12 +144,19 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_command(dataset: str, llm: str, threads: int, llama: str = "portable", order: str = "catalogue") -> str:
+    """The `reaseq knowledge build` command line a pack records as its provenance (defaults left out)."""
+    command = f"reaseq knowledge build --dataset {dataset} --llm {llm} --threads {threads}"
+    return command + (f" --llama {llama}" if llama != "portable" else "") + (
+        f" --order {order}" if order != "catalogue" else "")
+
+
 def _pack(args: argparse.Namespace) -> int:
     from inference.knowledge.llama_server import MODELS
     from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, pack_results
     from ranking.paths import cache_dir
 
-    command = f"reaseq knowledge build --dataset {args.dataset} --llm {args.llm} --threads {args.threads}"
+    command = build_command(args.dataset, args.llm, args.threads, args.llama, args.order)
     try:
         provenance = pack_results(cache_dir() / "knowledge" / args.dataset, args.dataset, MODELS[args.llm].name,
                                   command, Path(args.out) if args.out else SHIPPED_DIR)
