@@ -193,6 +193,29 @@ def test_a_wait_gives_up_at_once_when_a_member_exits_and_shows_its_log(tmp_path)
         cluster.kill("taskmanager-1")
 
 
+def test_members_that_exit_by_themselves_are_started_again_but_not_those_stopped_on_purpose(tmp_path):
+    import time
+
+    cluster = LocalCluster(tmp_path)
+    (tmp_path / "logs").mkdir()
+    cluster._add("taskmanager-1", "taskmanager", ["bash", "-c", "sleep 0.2; exit 1"], {})  # a fatal error
+    cluster._add("taskmanager-2", "taskmanager", ["sleep", "30"], {})
+    cluster._add("kafka-1", "kafka", ["sleep", "30"], {})
+    try:
+        for name in ("taskmanager-1", "taskmanager-2", "kafka-1"):
+            cluster.start(name)
+        cluster.kill("kafka-1")  # a fault injected on purpose: its own restart is due later
+        first = cluster.state.members["taskmanager-1"].pid
+        time.sleep(1.0)
+        assert cluster.revive(exclude={"kafka-1"}) == ["taskmanager-1"]
+        assert cluster.state.members["taskmanager-1"].pid != first and not cluster.alive("kafka-1")
+        assert (tmp_path / "logs" / "taskmanager-1.log").read_text().count("--- start") == 2
+        assert cluster.revive(exclude={"kafka-1", "taskmanager-1"}) == []  # the running one is left alone
+    finally:
+        for name in ("taskmanager-1", "taskmanager-2", "kafka-1"):
+            cluster.kill(name)
+
+
 def test_jvms_are_judged_by_their_live_heap_and_other_processes_by_rss():
     from streaming.local.soak import verdict
 

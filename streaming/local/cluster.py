@@ -387,6 +387,15 @@ class LocalCluster:
 
         return wait_until(what, check, timeout_s, gave_up=exited, explain=logs)
 
+    def revive(self, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Start again every member whose processes have all exited, as Kubernetes restarts a pod whose
+        container exited (a TaskManager exits on a fatal task error); `exclude`: members stopped on purpose.
+        Returns the names started."""
+        revived = [name for name in self.state.members if name not in exclude and not self.alive(name)]
+        for name in revived:
+            self.start(name)
+        return revived
+
     # -- up --------------------------------------------------------------------------------------------
 
     def up(self, progress=print) -> None:

@@ -83,6 +83,7 @@ class NemesisRun:
     effects: list[dict[str, Any]] = field(default_factory=list)
     settle_s: float | None = None
     log: list[str] = field(default_factory=list)
+    revived: list[str] = field(default_factory=list)  # members that exited by themselves and were started again
 
 
 def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], first_fault_s: float,
@@ -128,6 +129,13 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
     pending_restarts: list[tuple[float, Fault]] = []
     faults = iter(schedule)
 
+    last_revive = start
+
+    def revive_crashed() -> None:  # what the pods' restart policy does in the deployment
+        for name in cluster.revive(exclude={n for _, fault in pending_restarts for n in fault.killed}):
+            result.revived.append(name)
+            say(f"restarted {name}: it exited by itself")
+
     def restart(fault: Fault) -> None:
         for name in fault.killed:
             cluster.start(name)
@@ -161,6 +169,9 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
                 if now >= due_at:
                     pending_restarts.remove((due_at, fault))
                     restart(fault)
+            if now - last_revive >= 2.0:
+                last_revive = now
+                revive_crashed()
         producer.flush(timeout=300)
     finally:  # whatever happened, nothing stays killed
         for _, fault in pending_restarts:
@@ -176,6 +187,7 @@ def run(cluster: LocalCluster, events: list, rate: float, schedule: list[str], f
         if missing == 0:
             result.settle_s = round(time.monotonic() - settle_start, 1)
             break
+        revive_crashed()
         time.sleep(2)
     time.sleep(3)  # let a duplicate, if any, arrive too
     outputs = reader.stop()
