@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     """Register the knowledge subcommands on `reaseq knowledge`."""
-    from inference.knowledge.llama_server import DEFAULT_MODEL, MODELS
+    from inference.knowledge.llama_server import DEFAULT_MODEL, LLAMA_BUILDS, MODELS
 
     actions = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
     build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
@@ -38,9 +38,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        help=f"local model served by llama.cpp (default {DEFAULT_MODEL}; smollm2-135m is fast "
                             "but knows little)")
     build.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
-    build.add_argument("--llama", default="portable", choices=["portable", "avx512"],
+    build.add_argument("--llama", default="portable", choices=LLAMA_BUILDS,
                        help="which llama-cpp serves the model: the portable one (default) or the AVX-512/VNNI build "
-                            "of `make llama-avx512` (~1.7x faster prompt evaluation where the CPU has them)")
+                            "of `make llama-avx512` (1.45x faster per item where the CPU has them: bench llama)")
     build.add_argument("--concurrency", type=int, default=1, help="requests in flight to the server")
     build.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     build.add_argument("--llm-verifier", action="store_true",
@@ -66,7 +66,7 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
     pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
-    pack.add_argument("--llama", default="portable", choices=["portable", "avx512"],
+    pack.add_argument("--llama", default="portable", choices=LLAMA_BUILDS,
                       help="the llama-cpp build that served it (for its command)")
     pack.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
                       help="the build's item order (for its command)")
