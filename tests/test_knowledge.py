@@ -23,7 +23,7 @@ from inference.knowledge.evidence import extract_all
 from inference.knowledge.intents import IntentIndex
 from inference.knowledge.rules import CONTRADICTED, SUPPORTED, check_choice, check_tagline
 from inference.knowledge.schema import Judgement, KnowledgeRecord
-from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, load_shipped, pack_results
+from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, load_answers, load_shipped, pack_results
 from inference.knowledge.store import read_jsonl
 from ranking.model import RankerConfig, SequentialRanker
 
@@ -311,6 +311,54 @@ def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everyt
     assert ignored.counts["built"] == 0
 
 
+def test_recorded_answers_rebuild_the_same_records_with_no_model_and_ship_none_of_the_dataset_text(server, tmp_path):
+    """Where the records may not ship (MovieLens-1M), the model's answers do: keys and replies, no prompt."""
+    import lzma
+
+    from inference.knowledge.answers import BOOK_FILE, RecordedBackend
+    from inference.knowledge.backends import BackendError, ChatRequest
+    from inference.knowledge.shipped import pack_answers
+    from ranking.data import load_dataset
+
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3123456, " late": -0.4}, "text": "Alfred Hitchcock"}]
+    cfg = BuildConfig(items=["185", "443", "1", "183"])  # two Hitchcock films (director claims), Toy Story, Alien
+    built = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False,
+                            shipped_dir=tmp_path / "data")
+    asked = server.hits
+    assert built.counts["built"] == 4 and asked > 4
+    again = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache2", progress=False,
+                            shipped_dir=tmp_path / "data")  # the items' cache is new, the answer book is not there…
+    assert server.hits == 2 * asked and again.counts["built"] == 4  # …so every call reaches the model again
+    (tmp_path / "cache3").mkdir()
+    (tmp_path / "cache3" / BOOK_FILE).write_bytes((tmp_path / "cache" / BOOK_FILE).read_bytes())
+    kept = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache3", progress=False,
+                           shipped_dir=tmp_path / "data")  # the items' cache is new, the answer book kept…
+    assert server.hits == 2 * asked and kept.counts["built"] == 4  # …so no call reaches the model
+
+    titles = load_dataset("ml-100k").items.title.astype(str)
+    book = tmp_path / "cache" / BOOK_FILE
+    provenance = pack_answers(book, "ml-100k", "scripted", "reaseq knowledge build …", tmp_path / "data", titles)
+    assert provenance["answers"] == asked and "no prompt" in provenance["holds"]
+    shipped = lzma.decompress((tmp_path / "data" / provenance["file"]).read_bytes()).decode()
+    assert "Toy Story" not in shipped and "Psycho" not in shipped and "Alfred Hitchcock" in shipped
+    with pytest.raises(ShippedResultsError, match="titles appear in the model's replies"):
+        pack_answers(book, "ml-100k", "scripted", "cmd", tmp_path / "leak", ["Alfred Hitchcock"])
+    assert len(load_answers("ml-100k", tmp_path / "data")) == asked
+
+    replayed = build_knowledge(backend, replace(cfg, cached_only=True), root=tmp_path / "art2",
+                               cache=tmp_path / "empty", progress=False, shipped_dir=tmp_path / "data")
+    assert server.hits == 2 * asked and replayed.counts["built"] == 4  # a clean checkout: the pack alone, no model
+    for name in ("records.jsonl", "claims.jsonl"):
+        assert read_jsonl(replayed.path / name) == read_jsonl(built.path / name)
+    assert json.loads((replayed.path / "provenance.json").read_text())["model_answers"]["recorded"] == 0
+
+    no_model = RecordedBackend(None, "scripted", None, load_answers("ml-100k", tmp_path / "data"))
+    with pytest.raises(BackendError, match="no recorded answer") as error:
+        no_model.chat(ChatRequest([{"role": "user", "content": "never asked"}], max_tokens=1))
+    assert error.value.kind == "unrecorded"
+
+
 def test_a_clean_checkout_gets_the_shipped_records_exactly_as_the_cli_default_build_keys_them(server, tmp_path):
     """What the demo does without a knowledge artifact: `knowledge build --cached-only` from the pack alone."""
     from inference.knowledge.commands import build_from_shipped
@@ -372,6 +420,9 @@ def test_the_shipped_packs_verify_and_match_their_provenance():
         assert {kind: len(rows) for kind, rows in entries.items()} == meta["entries"]
         records = {v["item_id"] for v in entries["items"].values() if v.get("record")}
         assert len(records) == meta["items_with_record"] and meta["model"] and meta["command"].startswith("reaseq ")
+    for meta_path in sorted(SHIPPED_DIR.glob("llm-answers-*.json")):
+        meta = json.loads(meta_path.read_text())
+        assert len(load_answers(meta["dataset"])) == meta["answers"] and meta["command"].startswith("reaseq ")
 
 
 # ------------------------------------------------------------------ embeddings and the intent index

@@ -51,7 +51,8 @@ class ChatResult:
 
 
 class BackendError(RuntimeError):
-    """A call failed after its retries; `kind` is timeout, connection, http or malformed."""
+    """A call failed after its retries; `kind` is timeout, connection, http, malformed, or unrecorded (a replay
+    with no model lacks the answer, answers.py)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")

@@ -27,7 +27,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from inference.knowledge.agents import Agents, ItemResult, Prompts
-from inference.knowledge.backends import LLMBackend
+from inference.knowledge.answers import BOOK_FILE, RecordedBackend
+from inference.knowledge.backends import BackendError, LLMBackend
 from inference.knowledge.claims import (
     ClaimVerdict,
     check_director_claims,
@@ -37,7 +38,7 @@ from inference.knowledge.claims import (
 )
 from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
-from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_shipped, no_entries
+from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_answers, load_shipped, no_entries
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
@@ -141,14 +142,20 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     options = json.dumps([cfg.max_rounds, cfg.llm_verifier, cfg.tagline, cfg.reask])
     shipped = load_shipped(cfg.dataset, shipped_dir) if cfg.shipped else no_entries()
     store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset, shipped["items"])
-    agents = Agents(backend, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
+    # every call goes through the answer book: recorded answers are replayed, the model's new ones recorded
+    model = RecordedBackend(None if cfg.cached_only else backend, backend.model, store.folder / BOOK_FILE,
+                            load_answers(cfg.dataset, shipped_dir) if cfg.shipped else None)
+    agents = Agents(model, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
     prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]
     priors = store.get(prior_key)
-    if priors is None and cfg.cached_only:
-        priors = {}
     if priors is None:
-        priors = agents.calibrate()
-        store.put(prior_key, priors)
+        try:
+            priors = agents.calibrate()
+            store.put(prior_key, priors)
+        except BackendError:
+            if not cfg.cached_only:
+                raise
+            priors = {}
     agents.priors = priors
     results: list[dict[str, Any]] = []
     cached = 0
@@ -159,10 +166,10 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         if hit is not None:
             cached += 1
             results.append(hit)
-        elif cfg.cached_only:
-            continue
         else:
             result = agents.run(evidence[item_id], with_tagline=cfg.tagline)
+            if cfg.cached_only and result.record is None:
+                continue  # not all of its answers are recorded
             row = result.to_dict()
             if result.record is not None:
                 store.put(key, row)
@@ -174,11 +181,12 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     bar.close()
     claims: dict[str, Any] = {}
     if cfg.director_claims and audit.passed:
-        claims = director_claims(backend, graph, [r["item_id"] for r in results if r["record"]],
+        claims = director_claims(model, graph, [r["item_id"] for r in results if r["record"]],
                                  ResultCache(store.folder / CLAIMS, shipped[CLAIMS]), cfg.cached_only, progress)
     wall = time.monotonic() - started
+    answers = {"replayed": model.replayed, "recorded": model.recorded}
     return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,
-                           root, claims)
+                           root, claims, answers)
 
 
 def by_popularity(item_ids: list[str], rated: Iterable[str]) -> list[str]:
@@ -252,7 +260,7 @@ def model_report(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Prompts, backend: LLMBackend,
                     evidence: dict[str, Evidence], results: list[dict[str, Any]], cached: int, wall: float,
-                    root: Path | None, claims: dict[str, Any]) -> BuildSummary:
+                    root: Path | None, claims: dict[str, Any], answers: dict[str, int]) -> BuildSummary:
     counts = summarise(results)
     verdicts: dict[str, ClaimVerdict] = claims.get("verdicts", {})
     tag = hashlib.sha256(json.dumps([prompts.version, backend.model, SCHEMA_VERSION, fingerprint]).encode()
@@ -272,7 +280,7 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
         "dataset": cfg.dataset, "dataset_fingerprint": fingerprint, "schema_version": SCHEMA_VERSION,
         "prompt_version": prompts.version, "model": backend.model, "backend": type(backend).__name__,
         "kg_link_audit": audit, "config": {k: v for k, v in vars(cfg).items() if k != "items"},
-        "counts": counts, "director_claims": claims.get("counts"), "cached_items": cached,
+        "counts": counts, "director_claims": claims.get("counts"), "cached_items": cached, "model_answers": answers,
         "wall_seconds": round(wall, 1),
         "model_report": model_report(results),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
-from inference.knowledge.backends import ChatRequest, LLMBackend
+from inference.knowledge.backends import BackendError, ChatRequest, LLMBackend
 from inference.knowledge.evidence import KnowledgeGraph
 from inference.knowledge.rules import CONTRADICTED, SUPPORTED, UNDECIDED
 
@@ -175,10 +175,13 @@ def collect_director_claims(backend: LLMBackend, graph: KnowledgeGraph, item_ids
         hit = get(key)
         if hit is not None:
             stats.cached += 1
-        elif cached_only:
-            continue
         else:
-            reply = ask(backend, DIRECTOR_QUESTION.format(title=graph.titles[item]))
+            try:
+                reply = ask(backend, DIRECTOR_QUESTION.format(title=graph.titles[item]))
+            except BackendError as error:
+                if cached_only and error.kind == "unrecorded":
+                    continue  # a build with no model: only recorded answers count
+                raise
             hit = {"answer": reply.text.strip(), "prompt_tokens": reply.prompt_tokens,
                    "completion_tokens": reply.completion_tokens, "seconds": round(reply.seconds, 3)}
             put(key, hit)

@@ -61,8 +61,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
-    pack = actions.add_parser("pack", help="pack a build's cached results into inference/knowledge/data/ "
-                              "(xz, with provenance and sha256), so checkouts build the catalogue with no model")
+    pack = actions.add_parser("pack", help="pack a build's model answers, and its results where the dataset's "
+                              "terms allow (not MovieLens-1M), into inference/knowledge/data/ (xz, with provenance "
+                              "and sha256), so checkouts build the catalogue with no model")
     pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
     pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
@@ -71,6 +72,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     pack.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
                       help="the build's item order (for its command)")
     pack.add_argument("--out", default=None, help="folder (default: inference/knowledge/data)")
+    pack.add_argument("--data-dir", default=None, help="the dataset's folder, as for build (its titles are checked "
+                      "absent from the answers pack)")
 
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
                                "versioned knowledge-embeddings artifact")
@@ -152,18 +155,34 @@ def build_command(dataset: str, llm: str, threads: int, llama: str = "portable",
 
 
 def _pack(args: argparse.Namespace) -> int:
+    from inference.knowledge.answers import BOOK_FILE
     from inference.knowledge.llama_server import MODELS
-    from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, pack_results
+    from inference.knowledge.shipped import (
+        RECORDS_NOT_SHIPPED,
+        SHIPPED_DIR,
+        ShippedResultsError,
+        pack_answers,
+        pack_results,
+    )
+    from ranking.data import load_dataset
     from ranking.paths import cache_dir
 
     command = build_command(args.dataset, args.llm, args.threads, args.llama, args.order)
+    cache, folder, model = cache_dir() / "knowledge" / args.dataset, Path(args.out) if args.out else SHIPPED_DIR, \
+        MODELS[args.llm].name
+    packed = {}
     try:
-        provenance = pack_results(cache_dir() / "knowledge" / args.dataset, args.dataset, MODELS[args.llm].name,
-                                  command, Path(args.out) if args.out else SHIPPED_DIR)
+        titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
+        packed["answers"] = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
+        if args.dataset in RECORDS_NOT_SHIPPED:
+            print(f"results not packed: {RECORDS_NOT_SHIPPED[args.dataset]}; the answers pack rebuilds them from a "
+                  "user's own copy", file=sys.stderr)
+        else:
+            packed["results"] = pack_results(cache, args.dataset, model, command, folder)
     except ShippedResultsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(provenance, indent=2))
+    print(json.dumps(packed, indent=2))
     return 0
 
 
@@ -191,10 +210,10 @@ def build_from_shipped(dataset: str, root: Path | None = None, cache: Path | Non
     """A knowledge artifact from the results shipped with the project, with no model: exactly what
     `reaseq knowledge build --dataset DATASET --cached-only` writes. None when no results ship for it."""
     from inference.knowledge.build import build_knowledge
-    from inference.knowledge.shipped import SHIPPED_DIR, pack_path
+    from inference.knowledge.shipped import SHIPPED_DIR, answers_path, pack_path
 
     shipped_dir = shipped_dir or SHIPPED_DIR
-    if not pack_path(dataset, shipped_dir).is_file():
+    if not pack_path(dataset, shipped_dir).is_file() and not answers_path(dataset, shipped_dir).is_file():
         return None
     parser = argparse.ArgumentParser()
     add_arguments(parser)

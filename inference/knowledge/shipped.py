@@ -8,6 +8,10 @@ the pack's sha256). A build reads the pack as a second cache: every entry is key
 evidence, the prompt version, the model and the options, so it is used only where all of them match and
 anything else is built afresh. `reaseq knowledge build --cached-only` writes the artifact from it with no
 model; `reaseq knowledge pack` makes it from a build's cache.
+
+Where the dataset's terms forbid shipping its titles and genres (MovieLens-1M, `RECORDS_NOT_SHIPPED`), only
+the model's answers ship (`llm-answers-<dataset>.jsonl.xz`: request keys and replies, no prompt; see
+answers.py): a build replays them through the agents on the user's own copy and rebuilds the same records.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import lzma
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,10 @@ from ranking.wheels import sha256_of
 SHIPPED_DIR = Path(__file__).parent / "data"
 CLAIMS = "claims"  # the sub-cache of director answers (build.director_claims)
 KINDS = ("items", CLAIMS)
+# datasets whose built results (records, traces, evidence: the dataset's titles and genres) must not ship;
+# only the model's answers do (pack_answers), and a user's own copy of the dataset rebuilds the rest
+RECORDS_NOT_SHIPPED = {"ml-1m": "MovieLens-1M's terms forbid redistributing its titles and genres, which the "
+                                "results carry"}
 
 
 class ShippedResultsError(RuntimeError):
@@ -63,14 +72,8 @@ def pack_results(cache: Path, dataset: str, model: str, command: str, folder: Pa
     if not items:
         raise ShippedResultsError(f"{cache} holds no built item: run `reaseq knowledge build --dataset {dataset}` "
                                   "first")
-    folder.mkdir(parents=True, exist_ok=True)
-    target = pack_path(dataset, folder)
-    tmp = target.with_name(target.name + ".tmp")
-    with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as handle:
-        for kind in KINDS:
-            for key in sorted(entries[kind]):
-                handle.write(json.dumps({"kind": kind, "key": key, "value": entries[kind][key]}, sort_keys=True) + "\n")
-    tmp.replace(target)
+    target = _write_pack(pack_path(dataset, folder), ({"kind": kind, "key": key, "value": entries[kind][key]}
+                                                     for kind in KINDS for key in sorted(entries[kind])))
     provenance = {
         "dataset": dataset, "file": target.name, "sha256": sha256_of(target), "bytes": target.stat().st_size,
         "command": command, "model": model, "schema_version": SCHEMA_VERSION,
@@ -87,22 +90,76 @@ def pack_results(cache: Path, dataset: str, model: str, command: str, folder: Pa
 
 def load_shipped(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
     """kind → key → value of the shipped pack of `dataset` (empty maps when none ships), checksum verified."""
-    target, meta_path = pack_path(dataset, folder), provenance_path(dataset, folder)
+    entries = no_entries()
+    for row in _read_pack(pack_path(dataset, folder), provenance_path(dataset, folder), dataset):
+        entries[row["kind"]][row["key"]] = row["value"]
+    return entries
+
+
+def answers_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
+    return folder / f"llm-answers-{dataset}.jsonl.xz"
+
+
+def answers_provenance_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
+    return folder / f"llm-answers-{dataset}.json"
+
+
+def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Path = SHIPPED_DIR,
+                 dataset_texts: Iterable[str] = ()) -> dict[str, Any]:
+    """Pack a build's answer book (answers.py) into the shipped answers file and write its provenance.
+
+    Refuses when a reply repeats one of `dataset_texts` (the catalogue's titles): the pack holds the
+    model's words only, so it can ship where the dataset's terms forbid shipping the records."""
+    from inference.knowledge.answers import dataset_text_in, read_book
+
+    rows = read_book(book)
+    if not rows:
+        raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
+                                  f"{dataset}` first")
+    leaked = dataset_text_in(rows, dataset_texts)
+    if leaked:
+        raise ShippedResultsError(f"{len(leaked)} of the dataset's titles appear in the model's replies (e.g. "
+                                  f"{leaked[0]!r}); a pack of them would redistribute the dataset's text")
+    target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in sorted(rows)))
+    provenance = {"dataset": dataset, "file": target.name, "sha256": sha256_of(target),
+                  "bytes": target.stat().st_size, "command": command, "model": model, "answers": len(rows),
+                  "llm_seconds": round(sum(row["seconds"] for row in rows.values()), 1),
+                  "holds": "request keys (sha256 of the model and the request) and the model's replies; no prompt",
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    answers_provenance_path(dataset, folder).write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def load_answers(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
+    """request key → reply of the answers pack shipped for `dataset` (empty when none ships), checksum verified."""
+    return {row["key"]: row["reply"] for row in _read_pack(answers_path(dataset, folder),
+                                                             answers_provenance_path(dataset, folder), dataset)}
+
+
+def _write_pack(target: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Rows as xz-compressed JSON lines, written whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+    tmp.replace(target)
+    return target
+
+
+def _read_pack(target: Path, meta_path: Path, dataset: str) -> list[dict[str, Any]]:
+    """The rows of a shipped pack, its checksum verified against its provenance (none when it is absent)."""
     if not target.is_file():
-        return no_entries()
-    fix = (f"restore it with `git checkout -- {folder}` or rebuild it: run the build command in {meta_path.name}, "
-           f"then `reaseq knowledge pack --dataset {dataset}`")
+        return []
+    fix = (f"restore it with `git checkout -- {target.parent}` or rebuild it: run the build command in "
+           f"{meta_path.name}, then `reaseq knowledge pack --dataset {dataset}`")
     if not meta_path.is_file():
         raise ShippedResultsError(f"{target} ships without its provenance file {meta_path}; {fix}")
     meta = json.loads(meta_path.read_text())
     if sha256_of(target) != meta.get("sha256"):
         raise ShippedResultsError(f"{target} does not match the sha256 in {meta_path} (changed or truncated); {fix}")
-    entries = no_entries()
     try:
         with lzma.open(target, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                row = json.loads(line)
-                entries[row["kind"]][row["key"]] = row["value"]
-    except (lzma.LZMAError, ValueError, KeyError) as error:
+            return [json.loads(line) for line in handle]
+    except (lzma.LZMAError, ValueError) as error:
         raise ShippedResultsError(f"{target} is unreadable ({error}); {fix}") from error
-    return entries
