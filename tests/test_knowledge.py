@@ -339,7 +339,7 @@ def test_recorded_answers_rebuild_the_same_records_with_no_model_and_ship_none_o
     titles = load_dataset("ml-100k").items.title.astype(str)
     book = tmp_path / "cache" / BOOK_FILE
     provenance = pack_answers(book, "ml-100k", "scripted", "reaseq knowledge build …", tmp_path / "data", titles)
-    assert provenance["answers"] == asked and "no prompt" in provenance["holds"]
+    assert provenance["answers"] == asked and provenance["items_built"] == 4 and "no prompt" in provenance["holds"]
     shipped = lzma.decompress((tmp_path / "data" / provenance["file"]).read_bytes()).decode()
     assert "Toy Story" not in shipped and "Psycho" not in shipped and "Alfred Hitchcock" in shipped
     with pytest.raises(ShippedResultsError, match="titles appear in the model's replies"):

@@ -123,6 +123,9 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in sorted(rows)))
     provenance = {"dataset": dataset, "file": target.name, "sha256": sha256_of(target),
                   "bytes": target.stat().st_size, "command": command, "model": model, "answers": len(rows),
+                  # the items the build that recorded them made records for (the book itself names no item)
+                  "items_built": len({v["item_id"] for v in _cached_entries(book.parent)["items"].values()
+                                      if isinstance(v, dict) and v.get("record")}),
                   "llm_seconds": round(sum(row["seconds"] for row in rows.values()), 1),
                   "holds": "request keys (sha256 of the model and the request) and the model's replies; no prompt",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
