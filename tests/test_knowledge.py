@@ -716,3 +716,27 @@ def test_a_pack_records_a_build_command_that_parses_back_to_the_same_options():
     build = parser.parse_args(shlex.split(command)[2:])
     assert (build.knowledge_command, build.dataset, build.llm, build.threads, build.llama, build.order) == (
         "build", "ml-1m", "qwen2.5-coder-1.5b", 2, "avx512", "popularity")
+
+
+def test_the_pack_command_ships_only_the_models_answers_for_movielens_1m(tmp_path, monkeypatch, capsys):
+    import ranking.paths
+    from inference.knowledge.answers import BOOK_FILE
+    from reaseq.cli import main
+
+    book = tmp_path / "cache" / "knowledge" / "ml-1m" / BOOK_FILE
+    book.parent.mkdir(parents=True)
+
+    def write_reply(text: str) -> None:
+        reply = {"text": text, "top": [], "prompt_tokens": 9, "completion_tokens": 2, "seconds": 0.1,
+                 "finish_reason": "stop"}
+        book.write_text(json.dumps({"key": "0" * 24, "reply": reply}) + "\n")
+
+    monkeypatch.setattr(ranking.paths, "cache_dir", lambda: tmp_path / "cache")  # the build's cache, not the data's
+    write_reply("Milos Forman")
+    assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "data")]) == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["llm-answers-ml-1m.json",
+                                                                     "llm-answers-ml-1m.jsonl.xz"]  # no records
+    assert "answers only" in capsys.readouterr().err
+    write_reply("One Flew Over the Cuckoo's Nest, by Milos Forman")  # a reply that repeats an ML-1M title
+    assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "leak")]) == 1
+    assert "titles appear in the model's replies" in capsys.readouterr().err and not (tmp_path / "leak").exists()

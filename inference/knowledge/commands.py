@@ -61,9 +61,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
-    pack = actions.add_parser("pack", help="pack a build's model answers, and its results where the dataset's "
-                              "terms allow (not MovieLens-1M), into inference/knowledge/data/ (xz, with provenance "
-                              "and sha256), so checkouts build the catalogue with no model")
+    pack = actions.add_parser("pack", help="pack a build's cached results into inference/knowledge/data/ (xz, with "
+                              "provenance and sha256), so checkouts build the catalogue with no model; for "
+                              "MovieLens-1M, whose terms forbid shipping its titles, the model's answers only")
     pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
     pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
@@ -72,8 +72,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     pack.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
                       help="the build's item order (for its command)")
     pack.add_argument("--out", default=None, help="folder (default: inference/knowledge/data)")
-    pack.add_argument("--data-dir", default=None, help="the dataset's folder, as for build (its titles are checked "
-                      "absent from the answers pack)")
+    pack.add_argument("--data-dir", default=None, help="the dataset's folder, as for build (an answers pack is "
+                      "checked to hold none of its titles)")
 
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
                                "versioned knowledge-embeddings artifact")
@@ -168,21 +168,20 @@ def _pack(args: argparse.Namespace) -> int:
     from ranking.paths import cache_dir
 
     command = build_command(args.dataset, args.llm, args.threads, args.llama, args.order)
-    cache, folder, model = cache_dir() / "knowledge" / args.dataset, Path(args.out) if args.out else SHIPPED_DIR, \
-        MODELS[args.llm].name
-    packed = {}
+    cache = cache_dir() / "knowledge" / args.dataset
+    folder = Path(args.out) if args.out else SHIPPED_DIR
+    model = MODELS[args.llm].name
     try:
-        titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
-        packed["answers"] = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
         if args.dataset in RECORDS_NOT_SHIPPED:
-            print(f"results not packed: {RECORDS_NOT_SHIPPED[args.dataset]}; the answers pack rebuilds them from a "
-                  "user's own copy", file=sys.stderr)
+            print(f"packing the model's answers only: {RECORDS_NOT_SHIPPED[args.dataset]}", file=sys.stderr)
+            titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
+            provenance = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
         else:
-            packed["results"] = pack_results(cache, args.dataset, model, command, folder)
+            provenance = pack_results(cache, args.dataset, model, command, folder)
     except ShippedResultsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(packed, indent=2))
+    print(json.dumps(provenance, indent=2))
     return 0
 
 

@@ -31,7 +31,7 @@ KINDS = ("items", CLAIMS)
 # datasets whose built results (records, traces, evidence: the dataset's titles and genres) must not ship;
 # only the model's answers do (pack_answers), and a user's own copy of the dataset rebuilds the rest
 RECORDS_NOT_SHIPPED = {"ml-1m": "MovieLens-1M's terms forbid redistributing its titles and genres, which the "
-                                "results carry"}
+                                "records carry"}
 
 
 class ShippedResultsError(RuntimeError):
