@@ -740,3 +740,15 @@ def test_the_pack_command_ships_only_the_models_answers_for_movielens_1m(tmp_pat
     write_reply("One Flew Over the Cuckoo's Nest, by Milos Forman")  # a reply that repeats an ML-1M title
     assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "leak")]) == 1
     assert "titles appear in the model's replies" in capsys.readouterr().err and not (tmp_path / "leak").exists()
+
+
+def test_the_shipped_movielens_1m_answers_rebuild_every_record_their_build_made_with_no_model(tmp_path):
+    """A change to the evidence, the prompts or the agents that the shipped answers no longer match fails here."""
+    from inference.knowledge.commands import build_from_shipped
+    from inference.knowledge.shipped import answers_provenance_path
+
+    meta = json.loads(answers_provenance_path("ml-1m").read_text())
+    replayed = build_from_shipped("ml-1m", root=tmp_path / "art", cache=tmp_path / "cache")
+    assert replayed.counts["built"] >= meta["items_built"] > 0 and replayed.counts["failed"] == 0
+    provenance = json.loads((replayed.path / "provenance.json").read_text())
+    assert provenance["model_answers"]["recorded"] == 0
