@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from inference.knowledge.answers import dataset_text_in, read_book
 from ranking.wheels import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "data"
@@ -110,8 +111,6 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
 
     Refuses when a reply repeats one of `dataset_texts` (the catalogue's titles): the pack holds the
     model's words only, so it can ship where the dataset's terms forbid shipping the records."""
-    from inference.knowledge.answers import dataset_text_in, read_book
-
     rows = read_book(book)
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
