@@ -21,7 +21,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
                                "into a versioned knowledge artifact; starts a local llama.cpp server unless "
                                "--base-url names an OpenAI-compatible one; results packed with the project "
-                               "(inference/knowledge/data/) are reused where item, evidence, prompts and model match")
+                               "(inference/knowledge/data/) are reused where item, evidence, prompts and model match, "
+                               "and every model answer is recorded and replayed (the answer book), so no request is "
+                               "asked twice")
     build.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     build.add_argument("--data-dir", default=None)
     build.add_argument("--limit", type=int, default=None, help="only the first N items")
@@ -50,14 +52,15 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     build.add_argument("--tagline", action="store_true", help="also ask for a free-text tagline (schema-"
                        "constrained JSON; SmolLM2-135M mostly repeats the title or invents one)")
     build.add_argument("--cached-only", action="store_true", help="no model: write an artifact from the items "
-                       "the cache already holds (progress of a running or interrupted build)")
+                       "the cache holds or the recorded answers rebuild (progress of a running or interrupted "
+                       "build; the ML-1M catalogue from its shipped answers)")
     build.add_argument("--no-director-claims", action="store_true", help="skip asking who directed each film "
                        "the KG knows a director of (the KG vetoes or supports each answer; see claims.jsonl)")
     build.add_argument("--director-names", action="store_true", help="put the director names the KG supports into "
                        "the records (off: the KG's ids check consistency, not the name, so a name the model gives "
                        "all of a director's films alike is supported even when it is wrong)")
-    build.add_argument("--no-shipped", action="store_true", help="ignore the results packed with the project: "
-                       "ask the model for every item the local cache does not hold")
+    build.add_argument("--no-shipped", action="store_true", help="ignore the results and answers packed with "
+                       "the project: ask the model for every item the local cache does not hold")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
