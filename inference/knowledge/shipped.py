@@ -111,6 +111,10 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
 
     Refuses when a reply repeats one of `dataset_texts` (the catalogue's titles): the pack holds the
     model's words only, so it can ship where the dataset's terms forbid shipping the records."""
+    # the items first: an item is cached after its answers are in the book, so a build still running cannot
+    # count an item whose answers this pack misses
+    items_built = len({v["item_id"] for v in _cached_entries(book.parent)["items"].values()
+                       if isinstance(v, dict) and v.get("record")})
     rows = read_book(book)
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
@@ -122,9 +126,7 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in sorted(rows)))
     provenance = {"dataset": dataset, "file": target.name, "sha256": sha256_of(target),
                   "bytes": target.stat().st_size, "command": command, "model": model, "answers": len(rows),
-                  # the items the build that recorded them made records for (the book itself names no item)
-                  "items_built": len({v["item_id"] for v in _cached_entries(book.parent)["items"].values()
-                                      if isinstance(v, dict) and v.get("record")}),
+                  "items_built": items_built,  # the records the build made from them (the book names no item)
                   "llm_seconds": round(sum(row["seconds"] for row in rows.values()), 1),
                   "holds": "request keys (sha256 of the model and the request) and the model's replies; no prompt",
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
