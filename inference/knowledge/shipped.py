@@ -75,18 +75,12 @@ def pack_results(cache: Path, dataset: str, model: str, command: str, folder: Pa
                                   "first")
     target = _write_pack(pack_path(dataset, folder), ({"kind": kind, "key": key, "value": entries[kind][key]}
                                                      for kind in KINDS for key in sorted(entries[kind])))
-    provenance = {
-        "dataset": dataset, "file": target.name, "sha256": sha256_of(target), "bytes": target.stat().st_size,
-        "command": command, "model": model, "schema_version": SCHEMA_VERSION,
-        "entries": {kind: len(entries[kind]) for kind in KINDS},
+    return _write_provenance(
+        provenance_path(dataset, folder), target, dataset, command, model, schema_version=SCHEMA_VERSION,
+        entries={kind: len(entries[kind]) for kind in KINDS},
         # an item rebuilt after its evidence or prompts changed has an entry per version: count items once
-        "items": len({v["item_id"] for v in items}),
-        "items_with_record": len({v["item_id"] for v in items if v.get("record")}),
-        "llm_seconds": round(sum(v.get("seconds", 0.0) for v in items), 1),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    provenance_path(dataset, folder).write_text(json.dumps(provenance, indent=2) + "\n")
-    return provenance
+        items=len({v["item_id"] for v in items}), items_with_record=len(_items_with_record(entries)),
+        llm_seconds=round(sum(v.get("seconds", 0.0) for v in items), 1))
 
 
 def load_shipped(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
@@ -113,8 +107,7 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     model's words only, so it can ship where the dataset's terms forbid shipping the records."""
     # the items first: an item is cached after its answers are in the book, so a build still running cannot
     # count an item whose answers this pack misses
-    items_built = len({v["item_id"] for v in _cached_entries(book.parent)["items"].values()
-                       if isinstance(v, dict) and v.get("record")})
+    items_built = len(_items_with_record(_cached_entries(book.parent)))
     rows = read_book(book)
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
@@ -124,20 +117,32 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
         raise ShippedResultsError(f"{len(leaked)} of the dataset's titles appear in the model's replies (e.g. "
                                   f"{leaked[0]!r}); a pack of them would redistribute the dataset's text")
     target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in sorted(rows)))
-    provenance = {"dataset": dataset, "file": target.name, "sha256": sha256_of(target),
-                  "bytes": target.stat().st_size, "command": command, "model": model, "answers": len(rows),
-                  "items_built": items_built,  # the records the build made from them (the book names no item)
-                  "llm_seconds": round(sum(row["seconds"] for row in rows.values()), 1),
-                  "holds": "request keys (sha256 of the model and the request) and the model's replies; no prompt",
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    answers_provenance_path(dataset, folder).write_text(json.dumps(provenance, indent=2) + "\n")
-    return provenance
+    return _write_provenance(
+        answers_provenance_path(dataset, folder), target, dataset, command, model, answers=len(rows),
+        items_built=items_built,  # the records the build made from them (the book names no item)
+        llm_seconds=round(sum(row["seconds"] for row in rows.values()), 1),
+        holds="request keys (sha256 of the model and the request) and the model's replies; no prompt")
 
 
 def load_answers(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
     """request key → reply of the answers pack shipped for `dataset` (empty when none ships), checksum verified."""
     return {row["key"]: row["reply"] for row in _read_pack(answers_path(dataset, folder),
                                                              answers_provenance_path(dataset, folder), dataset)}
+
+
+def _items_with_record(entries: dict[str, dict[str, Any]]) -> set[str]:
+    """The items a build's cache entries hold a record for."""
+    return {v["item_id"] for v in entries["items"].values() if isinstance(v, dict) and v.get("record")}
+
+
+def _write_provenance(path: Path, target: Path, dataset: str, command: str, model: str, **facts: Any
+                      ) -> dict[str, Any]:
+    """A pack's provenance beside it: what it is, its checksum, the command and model that made it, `facts`."""
+    provenance = {"dataset": dataset, "file": target.name, "sha256": sha256_of(target),
+                  "bytes": target.stat().st_size, "command": command, "model": model, **facts,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path.write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
 
 
 def _write_pack(target: Path, rows: Iterable[dict[str, Any]]) -> Path:
