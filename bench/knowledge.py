@@ -211,7 +211,8 @@ def main_from_args(args: argparse.Namespace) -> int:
         started = time.time()
         result = ablation(args)
         result["wall_seconds"] = round(time.time() - started, 1)
-        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out)
+        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out,
+                          getattr(args, "command_line", None))
         print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")
         if args.plot:
             print(f"plot: {plot_ablation(result, args.plot)}")
@@ -233,3 +234,13 @@ def main_from_args(args: argparse.Namespace) -> int:
               f"{cost['history']} items, {cost['intents']} intents, 1 thread, network disabled, LLM calls "
               f"{cost['llm_calls']})\nJSON: {path}")
     return 0
+
+
+if __name__ == "__main__":  # `python -m bench.knowledge …`: the same, without the rest of the CLI (and its imports)
+    import shlex
+
+    _parser = argparse.ArgumentParser(prog="python -m bench.knowledge", description=__doc__)
+    add_arguments(_parser)
+    _args = _parser.parse_args()
+    _args.command_line = "python -m bench.knowledge " + shlex.join(sys.argv[1:])
+    raise SystemExit(main_from_args(_args))

@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.knowledge import add_arguments as add_knowledge_bench_arguments
 
     add_knowledge_bench_arguments(bench_knowledge)
+    gpu_kit = bench_cmds.add_parser(
+        "gpu-kit", help="fill a folder (default .gpu) that runs the knowledge ablation on a bare GPU machine: the "
+                        "exported sequences, the knowledge embeddings, the wheels its image lacks and a run.sh that "
+                        "trains within a time budget and packs the finished runs to resume from")
+    from bench.gpu_kit import add_arguments as add_gpu_kit_arguments
+
+    add_gpu_kit_arguments(gpu_kit)
     bench_stream = bench_cmds.add_parser(
         "stream", help="Kafka passthrough ceiling vs the pipeline's sustained events/s and event→score latency "
                        "at fixed rates, both output modes; median of runs; JSON to bench/results/stream.json")
@@ -430,6 +437,10 @@ def _bench(args: argparse.Namespace) -> int:
         return knowledge_bench(args)
     if args.bench == "behavior":
         return _bench_behavior(args)
+    if args.bench == "gpu-kit":
+        from bench.gpu_kit import main_from_args as gpu_kit
+
+        return gpu_kit(args)
     if args.bench == "claims":
         from bench.claims import main_from_args as claims
 
