@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ranking.fit import PRECISIONS
 from ranking.model import RankerConfig
 from ranking.train import TrainConfig
 
@@ -39,6 +40,8 @@ def load_train_config(path: str | Path | None, dataset: str, **overrides: Any) -
     _check_keys(path, "model", model, {f.name for f in fields(RankerConfig)} - {"num_items"})
     _check_keys(path, "train", train, {f.name for f in fields(TrainConfig)} - {"model"})
     train.update({k: v for k, v in overrides.items() if v is not None})
+    if train.get("precision", "auto") not in PRECISIONS:
+        raise ConfigError(f"{path}: train.precision {train['precision']!r}: use one of {', '.join(PRECISIONS)}")
     try:
         return TrainConfig(model=dict(model), **train)
     except TypeError as error:

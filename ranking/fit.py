@@ -45,16 +45,22 @@ class FitResult:
     seconds: float
 
 
-def autocast_for(device: str):
-    """bf16 autocast on CUDA, nothing on the CPU."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_for(device: str, precision: str = "auto"):
+    """bf16 autocast on CUDA and fp32 on the CPU ("auto"), or bf16 / fp32 on either."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    bf16 = precision == "bf16" or (precision == "auto" and kind == "cuda")
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16)
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Batch]],
         validate: Callable[[], Validation], *, epochs: int, patience: int, device: str, desc: str,
-        eval_every: int = 1, max_seconds: float | None = None, progress: bool = True) -> FitResult:
+        eval_every: int = 1, max_seconds: float | None = None, progress: bool = True,
+        precision: str = "auto") -> FitResult:
     """Train `model` for at most `epochs`; the model ends in eval mode with the best epoch's weights."""
     best: Validation | None = None
     best_state, best_epoch = None, 0
@@ -65,7 +71,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[]
         model.train()
         total, count = 0.0, 0
         for size, loss_of in batches():
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 loss = loss_of()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

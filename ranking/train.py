@@ -27,6 +27,8 @@ class TrainConfig:
     eval_every: int = 1
     seed: int = 42
     device: str = "auto"
+    # autocast: "auto" is bf16 on CUDA and fp32 on the CPU; "bf16" also on CPUs with AVX512-BF16 / AMX
+    precision: str = "auto"
     max_seconds: float | None = None
     # knowledge-embeddings version fused as side vectors (LATEST or a version; None: IDs only), resolved by
     # the caller (inference.knowledge.embeddings.ranker_knowledge) into train_ranker's side_embeddings
@@ -78,7 +80,8 @@ def training_windows(sequences: Sequence[np.ndarray], max_len: int) -> list[np.n
     return windows
 
 
-def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarray] | None = None):
+def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarray] | None = None,
+                 precision: str = "auto"):
     """Scorer for ranking.evaluate: next-item logits after each history."""
     max_len = model.cfg.max_len
 
@@ -88,7 +91,7 @@ def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarr
         extra_batch = None
         if extra is not None and model.cfg.extra_len:
             extra_batch = left_pad([extra.get(u, []) for u in users], model.cfg.extra_len).to(device)
-        with autocast_for(device):
+        with autocast_for(device, precision):
             return model.score_last(batch, extra_batch).float()
 
     return score
@@ -136,13 +139,13 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
                                                                                     extra_batch)
 
     def validate() -> Validation:
-        valid = evaluate(data, model_scorer(model, device, extra if valid_extra is None else valid_extra),
-                         "valid", users)
+        valid = evaluate(data, model_scorer(model, device, extra if valid_extra is None else valid_extra,
+                                            cfg.precision), "valid", users)
         return Validation(valid["NDCG@10"], {"valid_NDCG@10": valid["NDCG@10"], "valid_HR@10": valid["HR@10"]},
                           valid)
 
     fitted = fit(model, optimizer, batches, validate, epochs=cfg.epochs, patience=cfg.patience, device=device,
                  desc=f"train ranker (seed {cfg.seed})", eval_every=cfg.eval_every, max_seconds=cfg.max_seconds,
-                 progress=progress)
+                 progress=progress, precision=cfg.precision)
     best_valid = fitted.best.details if fitted.best else {}
     return TrainResult(model, model_cfg, fitted.best_epoch, best_valid, fitted.history, fitted.seconds, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -27,3 +28,35 @@ def test_fit_keeps_the_best_epoch_and_stops_after_patience():
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]  # stopped: 2 epochs without a better score
     assert result.history[0]["loss"] > result.history[-1]["loss"] and result.history[1]["score"] == 0.5
     assert torch.equal(model.weight, weights[1]) and not model.training  # best weights back, eval mode
+
+
+def test_precision_picks_the_autocast_dtype_and_a_yaml_typo_is_refused(tmp_path):
+    from ranking.config import ConfigError, load_train_config
+    from ranking.fit import autocast_for
+
+    a, b = torch.randn(4, 8), torch.randn(8, 4)
+    dtypes = {}
+    for precision in ("auto", "bf16", "fp32"):
+        with autocast_for("cpu", precision):
+            dtypes[precision] = (a @ b).dtype
+    assert dtypes == {"auto": torch.float32, "bf16": torch.bfloat16, "fp32": torch.float32}
+    with pytest.raises(ValueError, match="bf16"):
+        autocast_for("cpu", "half")
+
+    seen = []
+
+    def loss() -> torch.Tensor:
+        seen.append((a @ b).dtype)
+        return (a @ b).float().mean() * model.weight.sum()
+
+    model = nn.Linear(2, 1)
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda: [(4, loss)], lambda: Validation(0.0, {}),
+        epochs=1, patience=1, device="cpu", desc="test", progress=False, precision="bf16")
+    assert seen == [torch.bfloat16]  # the training step ran under the asked precision
+
+    path = tmp_path / "ranker.yaml"
+    path.write_text("train:\n  precision: bf16\n")
+    assert load_train_config(path, "ml-100k").precision == "bf16"
+    path.write_text("train:\n  precision: bfloat16\n")
+    with pytest.raises(ConfigError, match=r"train\.precision 'bfloat16'"):
+        load_train_config(path, "ml-100k")
