@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ranking.splits import SequenceData
+from ranking.splits import SequenceData, save_sequences
 
 # what the GPU image lacks that the ablation imports (pydantic, through the knowledge schema), and its deps
 DEVICE_MISSING = ("pydantic", "pydantic_core", "annotated-types", "typing-inspection")
@@ -136,8 +136,6 @@ def build_kit(plan: KitPlan, kit: Path, artifacts: Path, repo: Path | None = Non
     """Fill `kit` for `plan` and return its manifest. Inside the repository `repo`, run.sh names the kit by its
     relative path (what the device's carry takes); elsewhere by its absolute one. `data` defaults to the
     dataset's sequences. Earlier finished runs (`work.tar.gz`) are kept."""
-    from ranking.splits import save_sequences
-
     if data is None:
         from ranking.experiment import load_sequences
 
