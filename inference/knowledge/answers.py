@@ -56,6 +56,12 @@ def dataset_text_in(rows: Mapping[str, dict[str, Any]], texts: Iterable[str], sh
     return sorted({text for text in texts if len(text) >= shortest and text.lower() in replies})
 
 
+def replies_repeating(rows: Mapping[str, dict[str, Any]], texts: Iterable[str]) -> set[str]:
+    """The keys of the replies that repeat one of `texts` (case-insensitive)."""
+    lowered = [text.lower() for text in texts]
+    return {key for key, row in rows.items() if any(text in row["text"].lower() for text in lowered)}
+
+
 def read_book(path: Path) -> dict[str, dict[str, Any]]:
     """key → reply row of a book file; rows that do not parse (a torn write) are left out."""
     rows: dict[str, dict[str, Any]] = {}

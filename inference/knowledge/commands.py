@@ -179,6 +179,9 @@ def _pack(args: argparse.Namespace) -> int:
             print(f"packing the model's answers only: {RECORDS_NOT_SHIPPED[args.dataset]}", file=sys.stderr)
             titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
             provenance = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
+            if provenance["withheld"]:
+                print(f"withheld {provenance['withheld']} replies that repeat one of the dataset's titles; a build "
+                      "from the pack asks the model those again", file=sys.stderr)
         else:
             provenance = pack_results(cache, args.dataset, model, command, folder)
     except ShippedResultsError as error:

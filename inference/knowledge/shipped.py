@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from inference.knowledge.answers import dataset_text_in, read_book
+from inference.knowledge.answers import dataset_text_in, read_book, replies_repeating
 from ranking.wheels import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "data"
@@ -103,8 +103,9 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
                  dataset_texts: Iterable[str] = ()) -> dict[str, Any]:
     """Pack a build's answer book (answers.py) into the shipped answers file and write its provenance.
 
-    Refuses when a reply repeats one of `dataset_texts` (the catalogue's titles): the pack holds the
-    model's words only, so it can ship where the dataset's terms forbid shipping the records."""
+    The pack holds the model's words only, so it can ship where the dataset's terms forbid shipping the
+    records: a reply that repeats one of `dataset_texts` (the catalogue's titles) is withheld, and a build
+    replayed from the pack asks the model that question again (or, with no model, goes without it)."""
     # the items first: an item is cached after its answers are in the book, so a build still running cannot
     # count an item whose answers this pack misses
     items_built = len(_items_with_record(_cached_entries(book.parent)))
@@ -112,13 +113,12 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
                                   f"{dataset}` first")
-    leaked = dataset_text_in(rows, dataset_texts)
-    if leaked:
-        raise ShippedResultsError(f"{len(leaked)} of the dataset's titles appear in the model's replies (e.g. "
-                                  f"{leaked[0]!r}); a pack of them would redistribute the dataset's text")
-    target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in sorted(rows)))
+    withheld = replies_repeating(rows, dataset_text_in(rows, dataset_texts))
+    kept = sorted(key for key in rows if key not in withheld)
+    target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in kept))
     return _write_provenance(
-        answers_provenance_path(dataset, folder), target, dataset, command, model, answers=len(rows),
+        answers_provenance_path(dataset, folder), target, dataset, command, model, answers=len(kept),
+        withheld=len(withheld),  # replies that repeat a title of the dataset, left out of the pack
         items_built=items_built,  # the records the build made from them (the book names no item)
         llm_seconds=round(sum(row["seconds"] for row in rows.values()), 1),
         holds="request keys (sha256 of the model and the request) and the model's replies; no prompt")
