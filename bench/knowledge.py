@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="where finished runs are kept (resumable; default "
                         "bench/results/compare/knowledge-<dataset>)")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--name", default=None, help="ablation: result file name under --out (default "
+                        "knowledge-<dataset>-ablation.json)")
     parser.add_argument("--plot", default=None, help="ablation: write the validation curves and the differences "
                         "with their CIs as a PNG here (e.g. docs/ablation-ml-100k.png)")
 
@@ -211,7 +213,7 @@ def main_from_args(args: argparse.Namespace) -> int:
         started = time.time()
         result = ablation(args)
         result["wall_seconds"] = round(time.time() - started, 1)
-        path = write_json(result, f"knowledge-{result['dataset']}-ablation.json", args.out,
+        path = write_json(result, args.name or f"knowledge-{result['dataset']}-ablation.json", args.out,
                           getattr(args, "command_line", None))
         print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")
         if args.plot:

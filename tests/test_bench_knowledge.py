@@ -81,3 +81,7 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
+    args.name = "knowledge-synthetic-ablation-again.json"  # the same runs, resumed, written under another name
+    assert main_from_args(args) == 0
+    assert "0 run(s) to train (4 already done)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / args.name).read_text())["arms"] == result["arms"]
