@@ -756,3 +756,5 @@ def test_the_shipped_movielens_1m_answers_rebuild_every_record_their_build_made_
     assert replayed.counts["built"] >= meta["items_built"] > 0 and replayed.counts["failed"] == 0
     provenance = json.loads((replayed.path / "provenance.json").read_text())
     assert provenance["model_answers"]["recorded"] == 0
+    # the director claims replay too: the KG knows a director of 1,590 films, less the replies withheld
+    assert provenance["director_claims"]["films"] == 1590 - meta["withheld"]
