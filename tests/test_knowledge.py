@@ -343,12 +343,12 @@ def test_recorded_answers_rebuild_the_same_records_with_no_model_and_ship_none_o
     shipped = lzma.decompress((tmp_path / "data" / provenance["file"]).read_bytes()).decode()
     assert "Toy Story" not in shipped and "Psycho" not in shipped and "Alfred Hitchcock" in shipped
     assert provenance["withheld"] == 0 and len(load_answers("ml-100k", tmp_path / "data")) == asked
-    # a reply that names one of the catalogue's titles stays out of the pack; the rest ships
-    leaky = pack_answers(book, "ml-100k", "scripted", "cmd", tmp_path / "leak", ["Alfred Hitchcock"])
-    repeating = sum("Alfred Hitchcock" in row["text"] for row in read_book(book).values())
-    assert repeating > 0 and leaky["withheld"] == repeating and leaky["answers"] == asked - repeating
-    assert "alfred hitchcock" not in lzma.decompress((tmp_path / "leak" / leaky["file"]).read_bytes()).decode().lower()
-    assert len(load_answers("ml-100k", tmp_path / "leak")) == asked - repeating
+    # a reply that names one of the catalogue's titles stays out of the pack (the pack command's test below
+    # ships the rest); every reply here is the scripted "Alfred Hitchcock", so nothing would be left
+    assert all("Alfred Hitchcock" in row["text"] for row in read_book(book).values())
+    with pytest.raises(ShippedResultsError, match=r"every reply .* repeats one of the dataset's titles"):
+        pack_answers(book, "ml-100k", "scripted", "cmd", tmp_path / "leak", ["Alfred Hitchcock"])
+    assert not (tmp_path / "leak").exists()
 
     replayed = build_knowledge(backend, replace(cfg, cached_only=True), root=tmp_path / "art2",
                                cache=tmp_path / "empty", progress=False, shipped_dir=tmp_path / "data")
@@ -723,6 +723,8 @@ def test_a_pack_records_a_build_command_that_parses_back_to_the_same_options():
 
 
 def test_the_pack_command_ships_only_the_models_answers_for_movielens_1m(tmp_path, monkeypatch, capsys):
+    import lzma
+
     import ranking.paths
     from inference.knowledge.answers import BOOK_FILE
     from reaseq.cli import main
@@ -730,10 +732,10 @@ def test_the_pack_command_ships_only_the_models_answers_for_movielens_1m(tmp_pat
     book = tmp_path / "cache" / "knowledge" / "ml-1m" / BOOK_FILE
     book.parent.mkdir(parents=True)
 
-    def write_reply(text: str) -> None:
-        reply = {"text": text, "top": [], "prompt_tokens": 9, "completion_tokens": 2, "seconds": 0.1,
-                 "finish_reason": "stop"}
-        book.write_text(json.dumps({"key": "0" * 24, "reply": reply}) + "\n")
+    def write_reply(*texts: str) -> None:
+        replies = [{"text": text, "top": [], "prompt_tokens": 9, "completion_tokens": 2, "seconds": 0.1,
+                    "finish_reason": "stop"} for text in texts]
+        book.write_text("".join(json.dumps({"key": str(n) * 24, "reply": r}) + "\n" for n, r in enumerate(replies)))
 
     monkeypatch.setattr(ranking.paths, "cache_dir", lambda: tmp_path / "cache")  # the build's cache, not the data's
     write_reply("Milos Forman")
@@ -741,9 +743,14 @@ def test_the_pack_command_ships_only_the_models_answers_for_movielens_1m(tmp_pat
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["llm-answers-ml-1m.json",
                                                                      "llm-answers-ml-1m.jsonl.xz"]  # no records
     assert "answers only" in capsys.readouterr().err
-    write_reply("One Flew Over the Cuckoo's Nest, by Milos Forman")  # a reply that repeats an ML-1M title
-    assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "leak")]) == 1
-    assert "titles appear in the model's replies" in capsys.readouterr().err and not (tmp_path / "leak").exists()
+    write_reply("Milos Forman", "One Flew Over the Cuckoo's Nest, by Milos Forman")  # the second repeats a title
+    assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "leak")]) == 0
+    assert "withheld 1 replies that repeat one of the dataset's titles" in capsys.readouterr().err
+    packed = lzma.decompress((tmp_path / "leak" / "llm-answers-ml-1m.jsonl.xz").read_bytes()).decode()
+    assert "Milos Forman" in packed and "Cuckoo" not in packed
+    write_reply("One Flew Over the Cuckoo's Nest, by Milos Forman")  # nothing left once it is withheld
+    assert main(["knowledge", "pack", "--dataset", "ml-1m", "--out", str(tmp_path / "empty")]) == 1
+    assert "nothing to pack" in capsys.readouterr().err and not (tmp_path / "empty").exists()
 
 
 def test_the_shipped_movielens_1m_answers_rebuild_every_record_their_build_made_with_no_model(tmp_path):

@@ -115,6 +115,8 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
                                   f"{dataset}` first")
     withheld = replies_repeating(rows, dataset_text_in(rows, dataset_texts))
     kept = sorted(key for key in rows if key not in withheld)
+    if not kept:
+        raise ShippedResultsError(f"every reply in {book} repeats one of the dataset's titles; nothing to pack")
     target = _write_pack(answers_path(dataset, folder), ({"key": key, "reply": rows[key]} for key in kept))
     return _write_provenance(
         answers_provenance_path(dataset, folder), target, dataset, command, model, answers=len(kept),
