@@ -50,16 +50,13 @@ def from_row(row: Mapping[str, Any]) -> ChatResult:
                       row["prompt_tokens"], row["completion_tokens"], row["seconds"], row["finish_reason"])
 
 
-def dataset_text_in(rows: Mapping[str, dict[str, Any]], texts: Iterable[str], shortest: int = 12) -> list[str]:
-    """Which of the dataset's texts (titles of at least `shortest` characters) some reply repeats."""
+def replies_repeating(rows: Mapping[str, dict[str, Any]], texts: Iterable[str], shortest: int = 12) -> set[str]:
+    """The keys of the replies that repeat one of the dataset's `texts` (titles of at least `shortest`
+    characters; case-insensitive)."""
     replies = "\n".join(row["text"] for row in rows.values()).lower()
-    return sorted({text for text in texts if len(text) >= shortest and text.lower() in replies})
-
-
-def replies_repeating(rows: Mapping[str, dict[str, Any]], texts: Iterable[str]) -> set[str]:
-    """The keys of the replies that repeat one of `texts` (case-insensitive)."""
-    lowered = [text.lower() for text in texts]
-    return {key for key, row in rows.items() if any(text in row["text"].lower() for text in lowered)}
+    # one pass over all replies narrows the titles to the few found, so each reply is checked against those only
+    found = {text.lower() for text in texts if len(text) >= shortest and text.lower() in replies}
+    return {key for key, row in rows.items() if any(text in row["text"].lower() for text in found)}
 
 
 def read_book(path: Path) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from inference.knowledge.answers import dataset_text_in, read_book, replies_repeating
+from inference.knowledge.answers import read_book, replies_repeating
 from ranking.wheels import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "data"
@@ -113,7 +113,7 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
                                   f"{dataset}` first")
-    withheld = replies_repeating(rows, dataset_text_in(rows, dataset_texts))
+    withheld = replies_repeating(rows, dataset_texts)
     kept = sorted(key for key in rows if key not in withheld)
     if not kept:
         raise ShippedResultsError(f"every reply in {book} repeats one of the dataset's titles; nothing to pack")
