@@ -108,31 +108,34 @@ def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
 Extras = dict[str, dict[int, np.ndarray]]
 
 
-def behaviors_file(out_dir: Path, config: str) -> Path:
-    """Where a behaviour config's inferred items are kept (keyed by the YAML's content)."""
+def behaviors_file(out_dir: Path, config: str, epochs: int | None = None) -> Path:
+    """Where a behaviour config's inferred items are kept (keyed by the YAML's content and any epoch override)."""
     import hashlib
 
     digest = hashlib.sha256(Path(config).read_bytes()).hexdigest()[:10]
-    return out_dir / "behaviors" / f"{Path(config).stem}-{digest}.npz"
+    budget = f"-e{epochs}" if epochs is not None else ""
+    return out_dir / "behaviors" / f"{Path(config).stem}-{digest}{budget}.npz"
 
 
-def prepare_behaviors(data: SequenceData, config: str, out_dir: Path, device: str | None) -> Path:
-    """Train the behaviour model of `config` on the comparison's split once and keep its inferred items.
+def prepare_behaviors(data: SequenceData, config: str, out_dir: Path, device: str | None,
+                      epochs: int | None = None) -> Path:
+    """Train the behaviour model of `config` (for `epochs` in place of its train.epochs, when given) on the
+    comparison's split once and keep its inferred items.
 
     A config with an `rft:` section tunes the pre-trained model with the ranking reward first; the
     pre-trained model is kept beside the inferences (keyed by every setting but `rft`), so a plain arm and
     an RFT arm of the same model share it."""
-    path = behaviors_file(out_dir, config)
+    path = behaviors_file(out_dir, config, epochs)
     if path.is_file():
         return path
     from inference.behavior.diffusion import SamplingConfig
     from inference.behavior.train import fine_tune, inferred_extras, load_behavior_config
 
-    cfg = load_behavior_config(config, data.dataset, device=device)
+    cfg = load_behavior_config(config, data.dataset, device=device, epochs=epochs)
     if cfg.max_seconds:
         raise ValueError(f"{config}: a comparison trains by epochs only; remove train.max_seconds")
     model, pretrained = pretrained_behavior(data, cfg, out_dir)
-    stats = {"holdout_recall": np.float64(pretrained["holdout_recall"]),
+    stats = {"holdout_recall": np.float64(pretrained["holdout_recall"]), "epochs": np.int64(cfg.epochs),
              "best_epoch": np.int64(pretrained["best_epoch"]), "train_seconds": np.float64(pretrained["train_seconds"])}
     if cfg.rft is not None:
         if device:
@@ -241,6 +244,7 @@ def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, flo
         with np.load(behaviors) as archive:
             run["behaviors"] = {"file": Path(behaviors).name, "holdout_recall": float(archive["holdout_recall"]),
                                 "best_epoch": int(archive["best_epoch"]),
+                                "epochs": int(archive["epochs"]) if "epochs" in archive else None,
                                 "train_seconds": round(float(archive["train_seconds"]), 1)}
             if "rft_eval_before" in archive:
                 run["behaviors"]["rft"] = {"eval_reward_before": float(archive["rft_eval_before"]),
@@ -274,12 +278,13 @@ def _load(sequences: str | None, dataset: str) -> SequenceData:
 
 
 def _prepared_behavior_runs(data: SequenceData, todo: Sequence[tuple[Arm, int]], behavior_of: dict[Arm, str | None],
-                            out_dir: Path, device: str | None) -> Iterator[tuple[Arm, int, str]]:
+                            out_dir: Path, device: str | None,
+                            epochs: int | None = None) -> Iterator[tuple[Arm, int, str]]:
     """(arm, seed, inferred-behaviours file) of the runs that read behaviours, each arm's as soon as its
     behaviour model is ready (a comparison's runs without behaviours need not wait for it)."""
     for arm in dict.fromkeys(arm for arm, _ in todo if behavior_of[arm]):
         print(f"behaviour model {behavior_of[arm]} for arm {arm.name} …", flush=True)
-        path = str(prepare_behaviors(data, behavior_of[arm], out_dir, device))
+        path = str(prepare_behaviors(data, behavior_of[arm], out_dir, device, epochs))
         yield from ((arm, seed, path) for a, seed in todo if a == arm)
 
 
@@ -378,7 +383,8 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if parallel > 1:
         with multiprocessing.get_context("spawn").Pool(parallel) as pool:
             pending = [pool.apply_async(_worker, (job(arm, seed, None),)) for arm, seed in todo if not behavior_of[arm]]
-            for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device):
+            for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device,
+                                                      args.behavior_epochs):
                 pending.append(pool.apply_async(_worker, (job(arm, seed, path),)))  # start while the next one trains
             for result in pending:
                 report(result.get())
@@ -386,7 +392,8 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         for arm, seed in todo:
             if not behavior_of[arm]:
                 report(_worker(job(arm, seed, None)))
-        for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device):
+        for arm, seed, path in _prepared_behavior_runs(data, todo, behavior_of, out_dir, args.device,
+                                                      args.behavior_epochs):
             report(_worker(job(arm, seed, path)))
     return summarise(data, arms, args.seeds, out_dir, cold), tag
 
@@ -407,6 +414,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NAME=CONFIG.yaml; the first arm is the baseline (repeat, at least two)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=None, help="override every arm's train.epochs")
+    parser.add_argument("--behavior-epochs", type=int, default=None, help="override the behaviour models' "
+                        "train.epochs (a fixed budget; their inferences are kept apart from the config's own)")
     parser.add_argument("--cold-fraction", type=float, default=0.0, help="hold this share of items out of "
                         "training (the same for every arm and seed) and report them as a slice")
     parser.add_argument("--device", default=None, help="auto (default), cpu or cuda")

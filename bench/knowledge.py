@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=None, help="override every arm's train.epochs (a fixed "
                         "budget; early stopping on validation inside it)")
+    parser.add_argument("--behavior-epochs", type=int, default=None, help="override the behaviour model's "
+                        "train.epochs (a fixed budget for the behaviours and ReaSeq arms' model)")
     parser.add_argument("--cold-fraction", type=float, default=0.1, help="share of items held out of training "
                         "(the cold slice)")
     parser.add_argument("--arm", type=Arm.parse, action="append", default=None,
@@ -109,6 +111,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     arms = args.arm or default_arms(args.dataset)
     compare_args = argparse.Namespace(
         sequences=args.sequences, dataset=args.dataset, arm=arms, seeds=args.seeds, epochs=args.epochs,
+        behavior_epochs=args.behavior_epochs,
         cold_fraction=args.cold_fraction, device=args.device, jobs=args.jobs,
         work_dir=args.work_dir or f"bench/results/compare/knowledge-{args.dataset}")
     summary, _ = run_comparison(compare_args)

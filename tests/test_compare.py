@@ -135,6 +135,25 @@ def test_an_arm_with_inferred_behaviours_trains_the_behaviour_model_once(tmp_pat
         main_from_args(parser.parse_args(argv))
 
 
+def test_a_behaviour_epoch_budget_overrides_the_config_and_keeps_its_inferences_apart(tmp_path):
+    sequences = _ids_and_behaviour_arms(tmp_path)
+    (tmp_path / "behavior.yaml").write_text((tmp_path / "behavior.yaml").read_text().replace("patience: 1",
+                                                                                           "patience: 9"))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--sequences", str(sequences), "--arm", f"ids={tmp_path / 'ids.yaml'}",
+            "--arm", f"behaviors={tmp_path / 'behaviors.yaml'}", "--seeds", "1",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert main_from_args(parser.parse_args([*argv, "--behavior-epochs", "3"])) == 0
+    row = json.loads((tmp_path / "out" / "compare-synthetic-ids-vs-behaviors.json").read_text())["arms"]["behaviors"]
+    assert row["behaviors"]["epochs"] == 3 and row["behaviors"]["file"].endswith("-e3.npz")
+    assert [p.name for p in (tmp_path / "work" / "behaviors").glob("*.npz")] == [row["behaviors"]["file"]]
+    (tmp_path / "work" / "runs" / "behaviors-seed1.json").unlink()
+    assert main_from_args(parser.parse_args(argv)) == 0  # the config's own budget: trained anew, not read back
+    row = json.loads((tmp_path / "out" / "compare-synthetic-ids-vs-behaviors.json").read_text())["arms"]["behaviors"]
+    assert row["behaviors"]["epochs"] == 1 and len(list((tmp_path / "work" / "behaviors").glob("*.npz"))) == 2
+
+
 def test_parallel_runs_without_behaviours_train_while_the_behaviour_model_does(tmp_path, monkeypatch):
     sequences = _ids_and_behaviour_arms(tmp_path)
     ids_run = tmp_path / "work" / "runs" / "ids-seed1.json"
