@@ -157,9 +157,19 @@ def _relative_pct(versus: dict[str, dict[str, float]], parts: list[str], key: st
     return np.array([100 * versus[p][key] / versus[p]["base"] if versus[p]["base"] else np.nan for p in parts])
 
 
+def zero_baseline_slices(result: dict[str, Any]) -> list[str]:
+    """Slices on which the baseline arm scores 0 (cold items for IDs only): no relative change exists there,
+    so they are drawn in absolute NDCG@10 beside popularity."""
+    arms = result["arms"]
+    base = next(iter(arms))
+    others = [row["vs_" + base] for name, row in arms.items() if name != base]
+    return [part for part in result["slice_users"] if others and all(not v[part]["base"] for v in others)]
+
+
 def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
-    """Two panels as a PNG: each arm's validation NDCG@10 per epoch (median over seeds; is the epoch budget
-    enough?) and each arm's ΔNDCG@10 to the baseline with its 95% CI per slice."""
+    """A PNG: each arm's validation NDCG@10 per epoch (median over seeds; is the epoch budget enough?), each
+    arm's ΔNDCG@10 to the baseline in % with its 95% CI per slice, and the slices where the baseline scores 0
+    (cold items) in absolute NDCG@10 against popularity."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,34 +177,49 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
 
     arms = result["arms"]
     base = next(iter(arms))
-    fig, (curves, deltas) = plt.subplots(1, 2, figsize=(12, 4.5))
+    absolute = zero_baseline_slices(result)
+    parts = [p for p in result["slice_users"] if p not in absolute]
+    fig, panels = plt.subplots(1, 3 if absolute else 2, figsize=(15 if absolute else 12, 4.5),
+                               gridspec_kw={"width_ratios": [4, 4, 2] if absolute else [1, 1]})
+    curves, deltas = panels[0], panels[1]
+    colours = {name: f"C{index}" for index, name in enumerate(arms)}
     for name, row in arms.items():
         runs = [c for c in row["valid_ndcg10_curves"].values() if c]
         if runs:
             length = max(len(c) for c in runs)
             median = [statistics.median(c[e] for c in runs if e < len(c)) for e in range(length)]
-            curves.plot(range(1, length + 1), median, label=f"{name} (best epochs {row['best_epochs']})")
+            curves.plot(range(1, length + 1), median, color=colours[name],
+                        label=f"{name} (best epochs {row['best_epochs']})")
     curves.set_xlabel("epoch")
     curves.set_ylabel("validation NDCG@10 (median of seeds)")
     curves.legend(fontsize=8)
-    parts = list(result["slice_users"])
     others = [name for name in arms if name != base]
     width = 0.8 / max(1, len(others))
     for index, name in enumerate(others):
         versus = arms[name]["vs_" + base]
         x = np.arange(len(parts)) + (index - (len(others) - 1) / 2) * width
         middle, low, high = (_relative_pct(versus, parts, key) for key in ("diff", "ci_low", "ci_high"))
-        bars = deltas.bar(x, middle, width, label=name, yerr=[middle - low, high - middle], capsize=3)
-        for position, part in zip(x, parts, strict=True):
-            if not versus[part]["base"]:
-                deltas.annotate(f"{name} {versus[part]['diff']:+.3f} abs.", (position, 0), rotation=90, ha="center",
-                                va="bottom", fontsize=7, color=bars.patches[0].get_facecolor())
+        deltas.bar(x, middle, width, label=name, color=colours[name], yerr=[middle - low, high - middle], capsize=3)
     deltas.axhline(0, color="grey", linewidth=0.8)
     deltas.set_xlim(-0.6, len(parts) - 0.4)
     deltas.set_xticks(range(len(parts)), [f"{p.replace('_', ' ')}\n({result['slice_users'][p]} users)"
                                           for p in parts], fontsize=8)
     deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
     deltas.legend(fontsize=8)
+    for part in absolute:  # one panel; the baseline is 0 there, so the difference's CI is the arm's own
+        cold = panels[2]
+        for index, name in enumerate(others):
+            versus = arms[name]["vs_" + base][part]
+            spread = [[max(0.0, versus["other"] - versus["ci_low"])], [max(0.0, versus["ci_high"] - versus["other"])]]
+            cold.bar(index, versus["other"], 0.7, color=colours[name], yerr=spread, capsize=3)
+        popularity = result.get("popularity_ndcg10", {}).get(part)
+        if popularity is not None:
+            cold.axhline(popularity, color="black", linestyle="--", linewidth=1, label=f"popularity {popularity:.4f}")
+            cold.legend(fontsize=8)
+        cold.set_xlim(-0.8, len(others) - 0.2)
+        cold.set_xticks(range(len(others)), others, fontsize=8)
+        cold.set_ylabel(f"NDCG@10 on {part.replace('_', ' ')} [95% CI]")
+        cold.set_title(f"{part.replace('_', ' ')} ({result['slice_users'][part]} users; {base}: 0)", fontsize=9)
     fig.suptitle(f"{result['dataset']}: {len(result['seeds'])} seeds, cold items {result['cold_items']}", fontsize=10)
     return save_figure(fig, path)
 
@@ -215,7 +240,9 @@ def main_from_args(args: argparse.Namespace) -> int:
     if "ablation" in args.part:
         started = time.time()
         result = ablation(args)
-        result["wall_seconds"] = round(time.time() - started, 1)
+        result["wall_seconds"] = round(time.time() - started, 1)  # this invocation's only, when it resumed
+        result["ranker_train_seconds_sum"] = round(sum(sum(row["train_seconds"]) for row in result["arms"].values()),
+                                                   1)  # every run's, resumed or not
         path = write_json(result, args.name or f"knowledge-{result['dataset']}-ablation.json", args.out,
                           getattr(args, "command_line", None))
         print(markdown_table(result) + "\n\n" + markdown_goals(result["goals"]) + f"\nJSON: {path}")

@@ -8,11 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.knowledge import add_arguments, default_arms, goal_verdicts, main_from_args
+from bench.knowledge import (
+    add_arguments,
+    default_arms,
+    goal_verdicts,
+    main_from_args,
+    plot_ablation,
+    zero_baseline_slices,
+)
 from inference.knowledge.embeddings import DIM, KG_VECTORS, save_embeddings
 from inference.knowledge.store import EMBEDDINGS, resolve_version
 from ranking.splits import SequenceData, save_sequences
 from tests.test_compare import TINY_RANKER
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(Path(path).read_bytes()[16:20], "big")
 
 
 def _versus(relative: float, low: float, high: float) -> dict[str, dict[str, float]]:
@@ -79,9 +90,18 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     goals = {v["goal"] for v in result["goals"]}
     assert any(g.startswith("knowledge: ΔNDCG@10") for g in goals) and any("cold" in g for g in goals)
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png_width(tmp_path / "ablation.png") == 1320  # curves and relative differences: two panels
+    altered = json.loads(json.dumps(result))
+    cold = altered["arms"]["knowledge"]["vs_ids"]["cold_items"]  # as on ML-1M, where IDs only scores 0 there
+    cold.update(base=0.0, diff=cold["other"], ci_low=cold["ci_low"] + cold["base"],
+                ci_high=cold["ci_high"] + cold["base"])
+    assert zero_baseline_slices(altered) == ["cold_items"]
+    assert png_width(plot_ablation(altered, tmp_path / "cold.png")) == 1650  # a third panel, in absolute NDCG@10
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
     args.name = "knowledge-synthetic-ablation-again.json"  # the same runs, resumed, written under another name
     assert main_from_args(args) == 0
     assert "0 run(s) to train (4 already done)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / args.name).read_text())["arms"] == result["arms"]
+    again = json.loads((tmp_path / "out" / args.name).read_text())
+    assert again["arms"] == result["arms"]
+    assert again["ranker_train_seconds_sum"] == result["ranker_train_seconds_sum"] > 0  # counts the resumed runs
