@@ -179,8 +179,8 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     base = next(iter(arms))
     absolute = zero_baseline_slices(result)
     parts = [p for p in result["slice_users"] if p not in absolute]
-    fig, panels = plt.subplots(1, 3 if absolute else 2, figsize=(15 if absolute else 12, 4.5),
-                               gridspec_kw={"width_ratios": [4, 4, 2] if absolute else [1, 1]})
+    fig, panels = plt.subplots(1, 2 + len(absolute), figsize=(12 + 3 * len(absolute), 4.5),
+                               gridspec_kw={"width_ratios": [4, 4] + [2] * len(absolute)})
     curves, deltas = panels[0], panels[1]
     colours = {name: f"C{index}" for index, name in enumerate(arms)}
     for name, row in arms.items():
@@ -206,8 +206,7 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
                                           for p in parts], fontsize=8)
     deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
     deltas.legend(fontsize=8)
-    for part in absolute:  # one panel; the baseline is 0 there, so the difference's CI is the arm's own
-        cold = panels[2]
+    for cold, part in zip(panels[2:], absolute, strict=True):  # the baseline is 0: the difference's CI is the arm's own
         for index, name in enumerate(others):
             versus = arms[name]["vs_" + base][part]
             spread = [[max(0.0, versus["other"] - versus["ci_low"])], [max(0.0, versus["ci_high"] - versus["other"])]]
