@@ -356,6 +356,16 @@ def test_recorded_answers_rebuild_the_same_records_with_no_model_and_ship_none_o
     for name in ("records.jsonl", "claims.jsonl"):
         assert read_jsonl(replayed.path / name) == read_jsonl(built.path / name)
     assert json.loads((replayed.path / "provenance.json").read_text())["model_answers"]["recorded"] == 0
+    # the packs are one book: the same questions, answered while another catalogue was built, replay here too
+    other = tmp_path / "other"
+    other.mkdir()
+    for suffix in (".jsonl.xz", ".json"):
+        (other / f"llm-answers-ml-1m{suffix}").write_bytes((tmp_path / "data" / f"llm-answers-ml-100k{suffix}")
+                                                           .read_bytes())
+    across = build_knowledge(backend, replace(cfg, cached_only=True), root=tmp_path / "art3",
+                             cache=tmp_path / "empty2", progress=False, shipped_dir=other)
+    assert server.hits == 2 * asked and across.counts["built"] == 4
+    assert read_jsonl(across.path / "records.jsonl") == read_jsonl(built.path / "records.jsonl")
 
     no_model = RecordedBackend(None, "scripted", None, load_answers("ml-100k", tmp_path / "data"))
     with pytest.raises(BackendError, match="no recorded answer") as error:

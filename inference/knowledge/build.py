@@ -38,7 +38,7 @@ from inference.knowledge.claims import (
 )
 from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
-from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_answers, load_shipped, no_entries
+from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_all_answers, load_shipped, no_entries
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
@@ -144,7 +144,7 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset, shipped["items"])
     # every call goes through the answer book: recorded answers are replayed, the model's new ones recorded
     model = RecordedBackend(None if cfg.cached_only else backend, backend.model, store.folder / BOOK_FILE,
-                            load_answers(cfg.dataset, shipped_dir) if cfg.shipped else None)
+                            load_all_answers(shipped_dir) if cfg.shipped else None)
     agents = Agents(model, prompts, max_rounds=cfg.max_rounds, llm_verifier=cfg.llm_verifier, reask=cfg.reask)
     prior_key = hashlib.sha256(json.dumps(["priors", prompts.version, backend.model]).encode()).hexdigest()[:24]
     priors = store.get(prior_key)

@@ -132,6 +132,18 @@ def load_answers(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str
                                                              answers_provenance_path(dataset, folder), dataset)}
 
 
+def load_all_answers(folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
+    """request key → reply of every answers pack shipped in `folder`, checksums verified.
+
+    A key is the sha256 of the model and the whole request, so a reply recorded while building one catalogue
+    answers the same question asked while building another (a film both MovieLens sets hold, with the same
+    evidence): the packs are one book."""
+    answers: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("llm-answers-*.jsonl.xz")):
+        answers.update(load_answers(path.name.removeprefix("llm-answers-").removesuffix(".jsonl.xz"), folder))
+    return answers
+
+
 def _items_with_record(entries: dict[str, dict[str, Any]]) -> set[str]:
     """The items a build's cache entries hold a record for."""
     return {v["item_id"] for v in entries["items"].values() if isinstance(v, dict) and v.get("record")}
