@@ -250,7 +250,7 @@ def test_build_records_failures_then_resumes_from_cache(server, tmp_path):
     assert (tmp_path / "art" / "knowledge" / "ml-100k" / "LATEST").read_text() == second.version
 
     hits = server.hits
-    third = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    third = build_knowledge(backend, cfg, root=tmp_path / "art2", cache=tmp_path / "cache", progress=False)
     assert server.hits == hits and third.counts["built"] == 3  # everything from the cache: no model call
     provenance = json.loads((third.path / "provenance.json").read_text())
     assert provenance["cached_items"] == 3 and provenance["prompt_version"].startswith("v2-")
@@ -391,6 +391,22 @@ def test_a_clean_checkout_gets_the_shipped_records_exactly_as_the_cli_default_bu
                                  shipped_dir=tmp_path / "data")
     assert server.hits == hits and shipped.counts["built"] == 3  # no model, every shipped item
     assert read_jsonl(shipped.path / "records.jsonl") == read_jsonl(built.path / "records.jsonl")
+
+
+def test_a_rebuild_that_changes_nothing_adds_no_version_and_one_that_does_adds_one(server, tmp_path):
+    backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
+    server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
+    cfg = BuildConfig(items=["1", "2"], director_claims=False)
+    first = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False)
+    again = build_knowledge(backend, replace(cfg, cached_only=True), root=tmp_path / "art", cache=tmp_path / "cache",
+                            progress=False)
+    versions = tmp_path / "art" / "knowledge" / "ml-100k"
+    assert again.version == first.version and again.path == first.path
+    assert sorted(p.name for p in versions.iterdir() if p.is_dir()) == [first.version]
+    more = build_knowledge(backend, replace(cfg, items=["1", "2", "183"]), root=tmp_path / "art",
+                           cache=tmp_path / "cache", progress=False)
+    assert more.version != first.version and (versions / "LATEST").read_text() == more.version
+    assert len(read_jsonl(more.path / "records.jsonl")) == 3 and len(read_jsonl(first.path / "records.jsonl")) == 2
 
 
 def test_examples_print_as_many_distinct_records_as_asked_with_their_evidence(server, tmp_path, capsys):

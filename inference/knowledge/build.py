@@ -42,7 +42,7 @@ from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_all_answers, l
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
-    publish,
+    publish_unless_unchanged,
     read_jsonl,
     resolve_version,
     write_json,
@@ -109,6 +109,10 @@ class ResultCache:
         tmp = self.folder / f".{key}.tmp"
         tmp.write_text(json.dumps(value, sort_keys=True))
         tmp.replace(self.folder / f"{key}.json")
+
+
+# what an artifact's knowledge is (provenance.json adds only how and when it was built)
+KNOWLEDGE_FILES = ("records.jsonl", "claims.jsonl", "failures.jsonl", "traces.jsonl", "evidence.jsonl")
 
 
 @dataclass
@@ -285,8 +289,8 @@ def _write_artifact(cfg: BuildConfig, fingerprint: str, audit: dict, prompts: Pr
         "model_report": model_report(results),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
-    version = publish(path)
-    return BuildSummary(version, path, counts, wall, counts["tokens_per_second"], counts["llm_calls"])
+    version = publish_unless_unchanged(path, KNOWLEDGE_FILES)
+    return BuildSummary(version, path.parent / version, counts, wall, counts["tokens_per_second"], counts["llm_calls"])
 
 
 def print_examples(path: Path, count: int = 3) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,24 @@ def publish(path: Path) -> str:
     tmp.write_text(path.name)
     tmp.replace(latest)
     return path.name
+
+
+def publish_unless_unchanged(path: Path, files: Sequence[str]) -> str:
+    """Publish `path`, unless the version LATEST names already holds byte-identical `files`: then drop `path`
+    and return that version, so a rebuild that changed nothing (a replay, a resumed build) adds no version."""
+    latest = path.parent / "LATEST"
+    previous = path.parent / latest.read_text().strip() if latest.is_file() else None
+    if previous is not None and previous != path and _tag(previous) == _tag(path) and all(
+            (previous / name).is_file() and (previous / name).read_bytes() == (path / name).read_bytes()
+            for name in files):
+        shutil.rmtree(path)
+        return previous.name
+    return publish(path)
+
+
+def _tag(path: Path) -> str:
+    """The tag of a version directory `<timestamp>-<tag>[.N]`."""
+    return path.name.split("-", 1)[-1].split(".")[0]
 
 
 def resolve_version(kind: str, dataset: str, version: str | None = None, root: Path | None = None) -> Path:
