@@ -214,9 +214,19 @@ def test_rules_decide_what_the_genres_say():
     assert check_tagline("toys come alive when nobody watches", ["Comedy"], "Toy Story").status != CONTRADICTED
 
 
+def test_record_text_reads_as_english():
+    from inference.knowledge.agents import plural, rejected_claims
+
+    assert [plural(n) for n in ("comedy", "mystery", "thriller", "crime story", "science fiction", "film noir")] \
+        == ["comedies", "mysteries", "thrillers", "crime stories", "science fiction films", "films noirs"]
+    assert [rejected_claims(n) for n in (0, 1, 2)] == ["no claim rejected", "1 claim rejected", "2 claims rejected"]
+
+
 def test_verifier_rejects_what_the_evidence_contradicts(server, evidence):
     """The model (scripted) insists on 'children' and 'scary': for Alien (Horror) the audience is vetoed,
     for Toy Story (Children's, Comedy) the mood is; both rejections are recorded with their reason."""
+    from inference.knowledge.agents import rejected_claims
+
     server.script = [{"top": {" children": -0.1, " scary": -0.3, " late": -0.5, " adults": -2.0, " funny": -2.5,
                               " family": -2.0}}]
     agents = Agents(OpenAIChatBackend(server.base_url, "scripted"), Prompts.load("v2"))
@@ -229,6 +239,9 @@ def test_verifier_rejects_what_the_evidence_contradicts(server, evidence):
     toy = agents.run(evidence["1"])
     assert "scary" not in toy.record["moods"] and toy.record["audience"] == ["children"]
     assert any(r["option"] == "scary" for r in toy.rejections)
+    rejected = sum(1 for line in toy.trace if line.startswith("verifier: reject"))
+    assert rejected >= 1 and toy.record["rationale"].endswith(f"({rejected_claims(rejected)}).")
+    assert toy.record["substitutes"][0] == "other 1990s animated films"
 
 
 # ------------------------------------------------------------------ the batch job: failures, cache, resume

@@ -44,6 +44,27 @@ NOUN = {"Action": "action movie", "Adventure": "adventure", "Animation": "animat
         "Fantasy": "fantasy", "Film-Noir": "film noir", "Horror": "horror movie", "Musical": "musical",
         "Mystery": "mystery", "Romance": "romance", "Sci-Fi": "science fiction", "Thriller": "thriller",
         "War": "war film", "Western": "western"}
+# genre nouns whose plural is not an -s or -ies: "other 1990s science fiction films", not "science fictions"
+IRREGULAR_PLURALS = {"science fiction": "science fiction films", "film noir": "films noirs",
+                     "fantasy": "fantasy films"}
+# how code writes a record's text fields (substitutes, rationale): part of the item cache key, so a change
+# rebuilds the records (from the answer book, with no model) instead of mixing two wordings
+RECORD_FORMAT = "2"
+
+
+def plural(noun: str) -> str:
+    """The plural of a genre noun: "comedy" → "comedies", "thriller" → "thrillers", "film noir" → "films noirs"."""
+    if noun in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[noun]
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def rejected_claims(count: int) -> str:
+    return "no claim rejected" if count == 0 else f"{count} claim{'s' if count != 1 else ''} rejected"
+
+
 ADJECTIVE = {"Action": "action", "Adventure": "adventure", "Animation": "animated", "Children's": "family",
              "Comedy": "comic", "Crime": "crime", "Documentary": "documentary", "Drama": "dramatic",
              "Fantasy": "fantasy", "Film-Noir": "noir", "Horror": "horror", "Musical": "musical",
@@ -436,14 +457,14 @@ def assemble_record(evidence: Evidence, decided: dict[str, list[str]], tagline: 
             complement_items.extend(fact.items)
             used.append(fact.id)
     primary = NOUN.get(genres[0], "film")
-    substitutes = [f"other {decade} {primary}s" if decade else f"other {primary}s"]
+    substitutes = [f"other {decade} {plural(primary)}" if decade else f"other {plural(primary)}"]
     if len(genres) > 1 and genres[1] in NOUN:
-        substitutes.append(f"{ADJECTIVE.get(genres[0], '')} {NOUN[genres[1]]}s".strip())
+        substitutes.append(f"{ADJECTIVE.get(genres[0], '')} {plural(NOUN[genres[1]])}".strip())
     genres_id = next((f.id for f in evidence.facts if f.kind == "genres"), "E1")
     rationale = (f"Genres {', '.join(genres)} ({genres_id}) and "
                  f"{evidence.year or 'unknown year'}: audience {', '.join(decided['audience'])}; mood "
                  f"{', '.join(decided['moods'])}; occasion {', '.join(decided['occasions'])}; each checked against "
-                 f"the genres ({sum(1 for t in trace if t.startswith('verifier: reject'))} claims rejected).")
+                 f"the genres ({rejected_claims(sum(1 for t in trace if t.startswith('verifier: reject')))}).")
     return {"schema_version": SCHEMA_VERSION, "item_id": evidence.item_id, "category_path": category,
             "attributes": attributes[:8], "audience": decided["audience"], "moods": decided["moods"],
             "occasions": decided["occasions"], "complements": list(dict.fromkeys(complements))[:4],

@@ -3,8 +3,8 @@
     reaseq knowledge build --dataset ml-100k [--limit N] [--base-url URL --model NAME]
 
 Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence,
-prompt version, model, schema version): a killed build resumes where it stopped, a changed prompt or
-model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with the project
+prompt version, model, schema version, options, record format): a killed build resumes where it stopped, a
+changed prompt or model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with the project
 (shipped.py) serve as a second cache, so a clean checkout builds the shipped catalogue with no model. The artifact
 <artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
 evidence.jsonl, claims.jsonl (the model's director claims and the KG's verdicts, see claims.py) and
@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from inference.knowledge.agents import Agents, ItemResult, Prompts
+from inference.knowledge.agents import RECORD_FORMAT, Agents, ItemResult, Prompts
 from inference.knowledge.answers import BOOK_FILE, RecordedBackend
 from inference.knowledge.backends import BackendError, LLMBackend
 from inference.knowledge.claims import (
@@ -84,8 +84,8 @@ class BuildConfig:
 
 
 class ResultCache:
-    """One JSON file per (item, evidence, prompt version, model, schema version); `shipped`: the results
-    packed with the project (shipped.py), read where the folder has no entry."""
+    """One JSON file per (item, evidence, prompt version, model, schema version, options, record format);
+    `shipped`: the results packed with the project (shipped.py), read where the folder has no entry."""
 
     def __init__(self, folder: Path, shipped: Mapping[str, dict] | None = None) -> None:
         self.folder = folder
@@ -94,8 +94,8 @@ class ResultCache:
 
     @staticmethod
     def key(evidence: Evidence, prompt_version: str, model: str, options: str = "") -> str:
-        payload = json.dumps([evidence.item_id, evidence.to_dict(), prompt_version, model, SCHEMA_VERSION, options],
-                             sort_keys=True)
+        payload = json.dumps([evidence.item_id, evidence.to_dict(), prompt_version, model, SCHEMA_VERSION, options,
+                              RECORD_FORMAT], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
