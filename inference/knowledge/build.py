@@ -2,11 +2,11 @@
 
     reaseq knowledge build --dataset ml-100k [--limit N] [--base-url URL --model NAME]
 
-Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence,
-prompt version, model, schema version, options, record format): a killed build resumes where it stopped, a
-changed prompt or model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with
-the project (shipped.py) serve as a second cache, so a clean checkout builds the shipped catalogue with no model. The artifact
-<artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
+Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence, prompt
+version, model, schema version, options, record format): a killed build resumes where it stopped, a changed
+prompt or model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with the
+project (shipped.py) serve as a second cache, so a clean checkout builds the shipped catalogue with no model.
+The artifact <artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
 evidence.jsonl, claims.jsonl (the model's director claims and the KG's verdicts, see claims.py) and
 provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts, wall time, tokens/s);
 LATEST names the newest.
