@@ -1,7 +1,8 @@
 """`reaseq demo` (what `make demo` runs): the whole system on the embedded default, MovieLens-100K.
 
 Data → knowledge (catalogue + Freebase KG facts as text vectors, KG relational vectors, grounded reasons;
-the LLM's knowledge records: the latest knowledge artifact, else the records shipped with the project)
+the LLM's knowledge records: the latest knowledge artifact, else the records rebuilt from the model's answers
+shipped with the project)
 → behaviour model → the knowledge-aware ranker reading the inferred behaviours, evaluated → the stream:
 Kafka → PyFlink → Ray Serve (Ranker with its reasons, behaviour model for the nearline refresh) → Kafka,
 with live progress.
@@ -104,7 +105,7 @@ def knowledge_step(data, titles: dict[str, str], step: str) -> dict[str, Any]:
 
     try:
         records, knowledge_version = load_records(data.dataset, None)
-    except FileNotFoundError:  # a clean checkout: the records shipped with the project, no model run
+    except FileNotFoundError:  # a clean checkout: the shipped answers replayed, no model run
         shipped = build_from_shipped(data.dataset)
         records, knowledge_version = load_records(data.dataset, shipped.version) if shipped else (None, None)
     source = (f"the LLM's knowledge records {knowledge_version} ({len(records):,} items) over the evidence"

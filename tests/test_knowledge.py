@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from inference.knowledge.agents import Agents, Prompts
+from inference.knowledge.answers import BOOK_FILE
 from inference.knowledge.backends import BackendError, ChatRequest, OpenAIChatBackend, complete_json, repair_json
 from inference.knowledge.build import BuildConfig, build_knowledge
 from inference.knowledge.embeddings import l2_normalise, load_item_embeddings, save_embeddings
@@ -23,7 +24,7 @@ from inference.knowledge.evidence import extract_all
 from inference.knowledge.intents import IntentIndex
 from inference.knowledge.rules import CONTRADICTED, SUPPORTED, check_choice, check_tagline
 from inference.knowledge.schema import Judgement, KnowledgeRecord
-from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, load_answers, load_shipped, pack_results
+from inference.knowledge.shipped import SHIPPED_DIR, ShippedResultsError, load_answers, pack_answers
 from inference.knowledge.store import read_jsonl
 from ranking.model import RankerConfig, SequentialRanker
 
@@ -306,8 +307,9 @@ def test_a_shipped_pack_builds_the_catalogue_with_no_model_and_only_where_everyt
     server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
     built = build_knowledge(backend, cfg, root=tmp_path / "art", cache=tmp_path / "cache", progress=False,
                             shipped_dir=tmp_path / "data")
-    provenance = pack_results(tmp_path / "cache", "ml-100k", "scripted", "reaseq knowledge build …", tmp_path / "data")
-    assert provenance["items"] == 3 and provenance["items_with_record"] == 3 and provenance["entries"]["items"] == 4
+    provenance = pack_answers(tmp_path / "cache" / BOOK_FILE, "ml-100k", "scripted", "reaseq knowledge build …",
+                              tmp_path / "data")
+    assert provenance["items_built"] == 3 and provenance["answers"] == server.hits
 
     hits = server.hits  # a clean checkout: empty cache, no model, the pack alone
     cached_only = replace(cfg, cached_only=True)
@@ -328,9 +330,8 @@ def test_recorded_answers_rebuild_the_same_records_with_no_model_and_ship_none_o
     """Where the records may not ship (MovieLens-1M), the model's answers do: keys and replies, no prompt."""
     import lzma
 
-    from inference.knowledge.answers import BOOK_FILE, RecordedBackend, read_book
+    from inference.knowledge.answers import RecordedBackend, read_book
     from inference.knowledge.backends import BackendError, ChatRequest
-    from inference.knowledge.shipped import pack_answers
     from ranking.data import load_dataset
 
     backend = OpenAIChatBackend(server.base_url, "scripted", timeout_s=2, max_retries=0)
@@ -397,7 +398,7 @@ def test_a_clean_checkout_gets_the_shipped_records_exactly_as_the_cli_default_bu
     server.script = [{"top": {" adults": -0.2, " dark": -0.3, " late": -0.4}}]
     built = build_knowledge(backend, cli_default, root=tmp_path / "art", cache=tmp_path / "cache", progress=False,
                             shipped_dir=tmp_path / "data")
-    pack_results(tmp_path / "cache", "ml-100k", MODELS[DEFAULT_MODEL].name, "reaseq knowledge build …",
+    pack_answers(tmp_path / "cache" / BOOK_FILE, "ml-100k", MODELS[DEFAULT_MODEL].name, "reaseq knowledge build …",
                  tmp_path / "data")
     hits = server.hits
     shipped = build_from_shipped("ml-100k", root=tmp_path / "art2", cache=tmp_path / "empty",
@@ -439,31 +440,28 @@ def test_examples_print_as_many_distinct_records_as_asked_with_their_evidence(se
 
 
 def test_a_changed_or_unexplained_pack_stops_with_how_to_fix_it(tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "abc.json").write_text(json.dumps({"item_id": "1", "record": {"item_id": "1"}, "seconds": 2.0}))
-    with pytest.raises(ShippedResultsError, match="no built item"):
-        pack_results(tmp_path / "nothing", "ml-100k", "m", "cmd", tmp_path / "data")
-    pack_results(cache, "ml-100k", "m", "cmd", tmp_path / "data")
-    assert load_shipped("ml-100k", tmp_path / "data")["items"]["abc"]["item_id"] == "1"
-    pack = tmp_path / "data" / "ml-100k.results.jsonl.xz"
+    book = tmp_path / "cache" / BOOK_FILE
+    book.parent.mkdir()
+    (book.parent / "abc.json").write_text(json.dumps({"item_id": "1", "record": {"item_id": "1"}, "seconds": 2.0}))
+    with pytest.raises(ShippedResultsError, match="no recorded answer"):
+        pack_answers(book, "ml-100k", "m", "cmd", tmp_path / "data")
+    book.write_text(json.dumps({"key": "k1", "reply": {"text": " adults", "seconds": 0.5}}) + "\n")
+    provenance = pack_answers(book, "ml-100k", "m", "cmd", tmp_path / "data")
+    assert provenance["items_built"] == 1 and load_answers("ml-100k", tmp_path / "data")["k1"]["text"] == " adults"
+    pack = tmp_path / "data" / "llm-answers-ml-100k.jsonl.xz"
     pack.write_bytes(pack.read_bytes()[:-8])
     with pytest.raises(ShippedResultsError, match=r"sha256.*git checkout"):
-        load_shipped("ml-100k", tmp_path / "data")
-    (tmp_path / "data" / "ml-100k.results.json").unlink()
+        load_answers("ml-100k", tmp_path / "data")
+    (tmp_path / "data" / "llm-answers-ml-100k.json").unlink()
     with pytest.raises(ShippedResultsError, match="without its provenance"):
-        load_shipped("ml-100k", tmp_path / "data")
-    assert load_shipped("ml-1m", tmp_path / "data") == {"items": {}, "claims": {}}  # none shipped: nothing read
+        load_answers("ml-100k", tmp_path / "data")
+    assert load_answers("ml-1m", tmp_path / "data") == {}  # none shipped: nothing read
 
 
 def test_the_shipped_packs_verify_and_match_their_provenance():
-    for meta_path in sorted(SHIPPED_DIR.glob("*.results.json")):
-        meta = json.loads(meta_path.read_text())
-        entries = load_shipped(meta["dataset"])
-        assert {kind: len(rows) for kind, rows in entries.items()} == meta["entries"]
-        records = {v["item_id"] for v in entries["items"].values() if v.get("record")}
-        assert len(records) == meta["items_with_record"] and meta["model"] and meta["command"].startswith("reaseq ")
-    for meta_path in sorted(SHIPPED_DIR.glob("llm-answers-*.json")):
+    metas = sorted(SHIPPED_DIR.glob("llm-answers-*.json"))
+    assert metas and not list(SHIPPED_DIR.glob("*.results.*"))  # the model's answers ship, never the records
+    for meta_path in metas:
         meta = json.loads(meta_path.read_text())
         assert len(load_answers(meta["dataset"])) == meta["answers"] and meta["command"].startswith("reaseq ")
 

@@ -4,8 +4,8 @@
 
 Each item's result is cached under <cache>/knowledge/<dataset>/<key>.json, key = sha256(item, evidence, prompt
 version, model, schema version, options, record format): a killed build resumes where it stopped, a changed
-prompt or model rebuilds. Failed items are not cached, so a rerun tries them again. Results packed with the
-project (shipped.py) serve as a second cache, so a clean checkout builds the shipped catalogue with no model.
+prompt or model rebuilds. Failed items are not cached, so a rerun tries them again. The model's answers packed
+with the project (shipped.py) are replayed, so a clean checkout builds the catalogue with no model.
 The artifact <artifacts>/knowledge/<dataset>/<version>/ holds records.jsonl, failures.jsonl, traces.jsonl,
 evidence.jsonl, claims.jsonl (the model's director claims and the KG's verdicts, see claims.py) and
 provenance.json (model, prompts, schema, dataset fingerprint, link audit, counts, wall time, tokens/s);
@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from inference.knowledge.claims import (
 )
 from inference.knowledge.evidence import Evidence, KnowledgeGraph, extract_all
 from inference.knowledge.schema import SCHEMA_VERSION
-from inference.knowledge.shipped import CLAIMS, SHIPPED_DIR, load_all_answers, load_shipped, no_entries
+from inference.knowledge.shipped import SHIPPED_DIR, load_all_answers
 from inference.knowledge.store import (
     KNOWLEDGE,
     new_version_dir,
@@ -80,16 +80,14 @@ class BuildConfig:
     # half wrong, e.g. one invented name for all three of a director's films); the KG's "same director as …"
     # evidence carries the relation either way
     director_names: bool = False
-    shipped: bool = True  # read the results packed with the project (shipped.py) where the cache has none
+    shipped: bool = True  # replay the model's answers packed with the project (shipped.py) before asking it
 
 
 class ResultCache:
-    """One JSON file per (item, evidence, prompt version, model, schema version, options, record format);
-    `shipped`: the results packed with the project (shipped.py), read where the folder has no entry."""
+    """One JSON file per (item, evidence, prompt version, model, schema version, options, record format)."""
 
-    def __init__(self, folder: Path, shipped: Mapping[str, dict] | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.shipped = shipped or {}
         folder.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -101,9 +99,9 @@ class ResultCache:
     def get(self, key: str) -> dict | None:
         path = self.folder / f"{key}.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else self.shipped.get(key)
+            return json.loads(path.read_text()) if path.is_file() else None
         except ValueError:  # a torn write: treat as missing
-            return self.shipped.get(key)
+            return None
 
     def put(self, key: str, value: dict) -> None:
         tmp = self.folder / f".{key}.tmp"
@@ -111,6 +109,7 @@ class ResultCache:
         tmp.replace(self.folder / f"{key}.json")
 
 
+CLAIMS = "claims"  # the sub-cache of director answers (director_claims)
 # what an artifact's knowledge is (provenance.json adds only how and when it was built)
 KNOWLEDGE_FILES = ("records.jsonl", "claims.jsonl", "failures.jsonl", "traces.jsonl", "evidence.jsonl")
 
@@ -129,8 +128,8 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
                     data_dir: str | None = None, progress: bool = True,
                     on_item: Callable[[ItemResult], None] | None = None,
                     shipped_dir: Path = SHIPPED_DIR) -> BuildSummary:
-    """Run the agents over the catalogue (or a slice), resuming from the cache and the results shipped in
-    `shipped_dir`; write the artifact."""
+    """Run the agents over the catalogue (or a slice), resuming from the cache and replaying the model's answers
+    (the book in the cache, the packs shipped in `shipped_dir`); write the artifact."""
     from ranking.data import load_dataset
 
     started = time.monotonic()
@@ -144,8 +143,7 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
         item_ids = item_ids[: cfg.limit]
     prompts = Prompts.load(cfg.prompts)
     options = json.dumps([cfg.max_rounds, cfg.llm_verifier, cfg.tagline, cfg.reask])
-    shipped = load_shipped(cfg.dataset, shipped_dir) if cfg.shipped else no_entries()
-    store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset, shipped["items"])
+    store = ResultCache(cache or cache_dir() / "knowledge" / cfg.dataset)
     # every call goes through the answer book: recorded answers are replayed, the model's new ones recorded
     model = RecordedBackend(None if cfg.cached_only else backend, backend.model, store.folder / BOOK_FILE,
                             load_all_answers(shipped_dir) if cfg.shipped else None)
@@ -186,7 +184,7 @@ def build_knowledge(backend: LLMBackend, cfg: BuildConfig, root: Path | None = N
     claims: dict[str, Any] = {}
     if cfg.director_claims and audit.passed:
         claims = director_claims(model, graph, [r["item_id"] for r in results if r["record"]],
-                                 ResultCache(store.folder / CLAIMS, shipped[CLAIMS]), cfg.cached_only, progress)
+                                 ResultCache(store.folder / CLAIMS), cfg.cached_only, progress)
     wall = time.monotonic() - started
     answers = {"replayed": model.replayed, "recorded": model.recorded}
     return _write_artifact(cfg, data.fingerprint, audit.to_dict(), prompts, backend, evidence, results, cached, wall,

@@ -20,10 +20,9 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     actions = knowledge.add_subparsers(dest="knowledge_command", required=True, metavar="ACTION")
     build = actions.add_parser("build", help="run the knowledge agents over a catalogue (resumable, cached) "
                                "into a versioned knowledge artifact; starts a local llama.cpp server unless "
-                               "--base-url names an OpenAI-compatible one; results packed with the project "
-                               "(inference/knowledge/data/) are reused where item, evidence, prompts and model match, "
-                               "and every model answer is recorded and replayed (the answer book), so no request is "
-                               "asked twice")
+                               "--base-url names an OpenAI-compatible one; every model answer is recorded and replayed "
+                               "(the answer book, and the answers packed with the project in "
+                               "inference/knowledge/data/), so no request is asked twice")
     build.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     build.add_argument("--data-dir", default=None)
     build.add_argument("--limit", type=int, default=None, help="only the first N items")
@@ -53,20 +52,20 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
                        "constrained JSON; SmolLM2-135M mostly repeats the title or invents one)")
     build.add_argument("--cached-only", action="store_true", help="no model: write an artifact from the items "
                        "the cache holds or the recorded answers rebuild (progress of a running or interrupted "
-                       "build; the ML-1M catalogue from its shipped answers)")
+                       "build; a catalogue from its shipped answers)")
     build.add_argument("--no-director-claims", action="store_true", help="skip asking who directed each film "
                        "the KG knows a director of (the KG vetoes or supports each answer; see claims.jsonl)")
     build.add_argument("--director-names", action="store_true", help="put the director names the KG supports into "
                        "the records (off: the KG's ids check consistency, not the name, so a name the model gives "
                        "all of a director's films alike is supported even when it is wrong)")
-    build.add_argument("--no-shipped", action="store_true", help="ignore the results and answers packed with "
-                       "the project: ask the model for every item the local cache does not hold")
+    build.add_argument("--no-shipped", action="store_true", help="ignore the answers packed with the project: "
+                       "ask the model every request the local answer book does not hold")
     build.add_argument("--examples", type=int, default=3, help="records to print at the end")
     build.add_argument("--quiet", action="store_true")
 
-    pack = actions.add_parser("pack", help="pack a build's cached results into inference/knowledge/data/ (xz, with "
-                              "provenance and sha256), so checkouts build the catalogue with no model; for "
-                              "MovieLens-1M, whose terms forbid shipping its titles, the model's answers only")
+    pack = actions.add_parser("pack", help="pack a build's answer book into inference/knowledge/data/ (xz, with "
+                              "provenance and sha256), so checkouts build the catalogue with no model: the model's "
+                              "answers only, since the MovieLens terms forbid shipping the titles the records carry")
     pack.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
     pack.add_argument("--llm", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the model the build used")
     pack.add_argument("--threads", type=int, default=2, help="the build's llama.cpp threads (for its command)")
@@ -75,8 +74,8 @@ def add_arguments(knowledge: argparse.ArgumentParser) -> None:
     pack.add_argument("--order", default="catalogue", choices=["catalogue", "popularity"],
                       help="the build's item order (for its command)")
     pack.add_argument("--out", default=None, help="folder (default: inference/knowledge/data)")
-    pack.add_argument("--data-dir", default=None, help="the dataset's folder, as for build (an answers pack is "
-                      "checked to hold none of its titles)")
+    pack.add_argument("--data-dir", default=None, help="the dataset's folder, as for build (the pack is checked to "
+                      "hold none of its titles)")
 
     embed = actions.add_parser("embed", help="encode each item's knowledge text (all-MiniLM-L6-v2) into a "
                                "versioned knowledge-embeddings artifact")
@@ -165,7 +164,6 @@ def _pack(args: argparse.Namespace) -> int:
         SHIPPED_DIR,
         ShippedResultsError,
         pack_answers,
-        pack_results,
     )
     from ranking.data import load_dataset
     from ranking.paths import cache_dir
@@ -174,16 +172,13 @@ def _pack(args: argparse.Namespace) -> int:
     cache = cache_dir() / "knowledge" / args.dataset
     folder = Path(args.out) if args.out else SHIPPED_DIR
     model = MODELS[args.llm].name
+    print(f"packing the model's answers only: {RECORDS_NOT_SHIPPED}", file=sys.stderr)
     try:
-        if args.dataset in RECORDS_NOT_SHIPPED:
-            print(f"packing the model's answers only: {RECORDS_NOT_SHIPPED[args.dataset]}", file=sys.stderr)
-            titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
-            provenance = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
-            if provenance["withheld"]:
-                print(f"withheld {provenance['withheld']} replies that repeat one of the dataset's titles; a build "
-                      "from the pack asks the model those again", file=sys.stderr)
-        else:
-            provenance = pack_results(cache, args.dataset, model, command, folder)
+        titles = load_dataset(args.dataset, args.data_dir).items.title.astype(str)
+        provenance = pack_answers(cache / BOOK_FILE, args.dataset, model, command, folder, titles)
+        if provenance["withheld"]:
+            print(f"withheld {provenance['withheld']} replies that repeat one of the dataset's titles; a build "
+                  "from the pack asks the model those again", file=sys.stderr)
     except ShippedResultsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -212,13 +207,13 @@ def _no_model_backend(args: argparse.Namespace) -> OpenAIChatBackend:
 
 def build_from_shipped(dataset: str, root: Path | None = None, cache: Path | None = None,
                        shipped_dir: Path | None = None) -> BuildSummary | None:
-    """A knowledge artifact from the results shipped with the project, with no model: exactly what
-    `reaseq knowledge build --dataset DATASET --cached-only` writes. None when no results ship for it."""
+    """A knowledge artifact from the model's answers shipped with the project, with no model: exactly what
+    `reaseq knowledge build --dataset DATASET --cached-only` writes. None when no answers ship for it."""
     from inference.knowledge.build import build_knowledge
-    from inference.knowledge.shipped import SHIPPED_DIR, answers_path, pack_path
+    from inference.knowledge.shipped import SHIPPED_DIR, answers_path
 
     shipped_dir = shipped_dir or SHIPPED_DIR
-    if not pack_path(dataset, shipped_dir).is_file() and not answers_path(dataset, shipped_dir).is_file():
+    if not answers_path(dataset, shipped_dir).is_file():
         return None
     parser = argparse.ArgumentParser()
     add_arguments(parser)

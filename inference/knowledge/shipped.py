@@ -1,17 +1,12 @@
-"""Built knowledge shipped with the project, so the demo, the ablations and CI never rebuild it.
+"""The model's answers, shipped with the project, so the demo, the ablations and CI never run the model.
 
-A knowledge build on 2 CPU cores takes hours (about 9 s an item with the 1.5B model), so the results it
-cached (`<cache>/knowledge/<dataset>/`, one JSON per item, calibration and director answer) are packed
-into one xz-compressed JSON-lines file, `inference/knowledge/data/<dataset>.results.jsonl.xz`, beside a
-provenance file (`<dataset>.results.json`: the build command, model, prompt and schema versions, counts,
-the pack's sha256). A build reads the pack as a second cache: every entry is keyed by the item, its
-evidence, the prompt version, the model and the options, so it is used only where all of them match and
-anything else is built afresh. `reaseq knowledge build --cached-only` writes the artifact from it with no
-model; `reaseq knowledge pack` makes it from a build's cache.
-
-Where the dataset's terms forbid shipping its titles and genres (MovieLens-1M, `RECORDS_NOT_SHIPPED`), only
-the model's answers ship (`llm-answers-<dataset>.jsonl.xz`: request keys and replies, no prompt; see
-answers.py): a build replays them through the agents on the user's own copy and rebuilds the same records.
+A knowledge build on 2 CPU cores takes hours (5-9 s an item with the 1.5B model). The records it makes carry
+the dataset's titles and genres, and the MovieLens terms forbid redistributing those, so the records never
+ship: the model's answers do (`inference/knowledge/data/llm-answers-<dataset>.jsonl.xz`: request keys and
+replies, no prompt; see answers.py), beside a provenance file (`llm-answers-<dataset>.json`: the build
+command, model, counts, the pack's sha256). A build replays them through the agents on the user's own copy
+of the dataset and rebuilds the same records with no model (`reaseq knowledge build --cached-only`);
+`reaseq knowledge pack` makes a pack from a build's answer book.
 """
 
 from __future__ import annotations
@@ -27,68 +22,13 @@ from inference.knowledge.answers import read_book, replies_repeating
 from ranking.wheels import sha256_of
 
 SHIPPED_DIR = Path(__file__).parent / "data"
-CLAIMS = "claims"  # the sub-cache of director answers (build.director_claims)
-KINDS = ("items", CLAIMS)
-# datasets whose built results (records, traces, evidence: the dataset's titles and genres) must not ship;
-# only the model's answers do (pack_answers), and a user's own copy of the dataset rebuilds the rest
-RECORDS_NOT_SHIPPED = {"ml-1m": "MovieLens-1M's terms forbid redistributing its titles and genres, which the "
-                                "records carry"}
+# why no dataset's records ship, only the model's answers (the pack command says it)
+RECORDS_NOT_SHIPPED = ("the MovieLens terms forbid redistributing the titles and genres the records carry; the "
+                       "model's answers rebuild them on your own copy")
 
 
 class ShippedResultsError(RuntimeError):
     """A shipped pack that cannot be trusted: missing provenance, wrong checksum, unreadable rows."""
-
-
-def pack_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
-    return folder / f"{dataset}.results.jsonl.xz"
-
-
-def provenance_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
-    return folder / f"{dataset}.results.json"
-
-
-def no_entries() -> dict[str, dict[str, Any]]:
-    """kind → key → value with nothing in it (no pack shipped, or packs ignored)."""
-    return {kind: {} for kind in KINDS}
-
-
-def _cached_entries(cache: Path) -> dict[str, dict[str, Any]]:
-    """kind → key → value of a build's cache folder (torn or temporary files left out)."""
-    entries = no_entries()
-    for kind, folder in (("items", cache), (CLAIMS, cache / CLAIMS)):
-        for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                entries[kind][path.stem] = json.loads(path.read_text())
-            except ValueError:
-                continue
-    return entries
-
-
-def pack_results(cache: Path, dataset: str, model: str, command: str, folder: Path = SHIPPED_DIR) -> dict[str, Any]:
-    """Pack a build's cache (made with `model` by `command`) into the shipped file and write its provenance."""
-    from inference.knowledge.schema import SCHEMA_VERSION
-
-    entries = _cached_entries(cache)
-    items = [v for v in entries["items"].values() if isinstance(v, dict) and "item_id" in v]
-    if not items:
-        raise ShippedResultsError(f"{cache} holds no built item: run `reaseq knowledge build --dataset {dataset}` "
-                                  "first")
-    target = _write_pack(pack_path(dataset, folder), ({"kind": kind, "key": key, "value": entries[kind][key]}
-                                                     for kind in KINDS for key in sorted(entries[kind])))
-    return _write_provenance(
-        provenance_path(dataset, folder), target, dataset, command, model, schema_version=SCHEMA_VERSION,
-        entries={kind: len(entries[kind]) for kind in KINDS},
-        # an item rebuilt after its evidence or prompts changed has an entry per version: count items once
-        items=len({v["item_id"] for v in items}), items_with_record=len(_items_with_record(entries)),
-        llm_seconds=round(sum(v.get("seconds", 0.0) for v in items), 1))
-
-
-def load_shipped(dataset: str, folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
-    """kind → key → value of the shipped pack of `dataset` (empty maps when none ships), checksum verified."""
-    entries = no_entries()
-    for row in _read_pack(pack_path(dataset, folder), provenance_path(dataset, folder), dataset):
-        entries[row["kind"]][row["key"]] = row["value"]
-    return entries
 
 
 def answers_path(dataset: str, folder: Path = SHIPPED_DIR) -> Path:
@@ -108,7 +48,7 @@ def pack_answers(book: Path, dataset: str, model: str, command: str, folder: Pat
     replayed from the pack asks the model that question again (or, with no model, goes without it)."""
     # the items first: an item is cached after its answers are in the book, so a build still running cannot
     # count an item whose answers this pack misses
-    items_built = len(_items_with_record(_cached_entries(book.parent)))
+    items_built = len(items_with_record(book.parent))
     rows = read_book(book)
     if not rows:
         raise ShippedResultsError(f"{book} holds no recorded answer: run `reaseq knowledge build --dataset "
@@ -144,9 +84,17 @@ def load_all_answers(folder: Path = SHIPPED_DIR) -> dict[str, dict[str, Any]]:
     return answers
 
 
-def _items_with_record(entries: dict[str, dict[str, Any]]) -> set[str]:
-    """The items a build's cache entries hold a record for."""
-    return {v["item_id"] for v in entries["items"].values() if isinstance(v, dict) and v.get("record")}
+def items_with_record(cache: Path) -> set[str]:
+    """The items a build's cache folder holds a record for (torn or temporary files left out)."""
+    items: set[str] = set()
+    for path in sorted(cache.glob("*.json")) if cache.is_dir() else ():
+        try:
+            value = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value.get("record"):
+            items.add(value["item_id"])
+    return items
 
 
 def _write_provenance(path: Path, target: Path, dataset: str, command: str, model: str, **facts: Any
