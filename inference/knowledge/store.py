@@ -51,7 +51,7 @@ def publish_unless_unchanged(path: Path, files: Sequence[str]) -> str:
     and return that version, so a rebuild that changed nothing (a replay, a resumed build) adds no version."""
     latest = path.parent / "LATEST"
     previous = path.parent / latest.read_text().strip() if latest.is_file() else None
-    if previous is not None and previous != path and _tag(previous) == _tag(path) and all(
+    if previous is not None and _tag(previous) == _tag(path) and all(
             (previous / name).is_file() and (previous / name).read_bytes() == (path / name).read_bytes()
             for name in files):
         shutil.rmtree(path)
