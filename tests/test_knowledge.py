@@ -480,6 +480,34 @@ def test_embeddings_artifact_alignment(tmp_path):
         load_item_embeddings("ml-100k", ["10", "99"], root=tmp_path)
 
 
+class HashingEncoder:
+    """A stand-in for MiniLM (which takes a minute over a catalogue): a fixed unit vector per text."""
+
+    def encode(self, texts):
+        from inference.knowledge.embeddings import DIM
+
+        rows = [np.random.default_rng(list(text.encode())).normal(size=DIM) for text in texts]
+        return l2_normalise(np.array(rows, dtype=np.float32).reshape(len(texts), DIM))
+
+
+def test_an_embed_of_unchanged_knowledge_adds_no_version_and_a_changed_one_adds_one(tmp_path):
+    from inference.knowledge.embeddings import INTENT_FILES, build_item_embeddings
+    from inference.knowledge.store import EMBEDDINGS
+
+    records = {"1": {"audience": ["children"], "intents": ["funny animated film", "movie for children"]},
+               "50": {"audience": ["adults"], "intents": ["space adventure"]}}
+    first = build_item_embeddings("ml-100k", records, "k1", root=tmp_path, encoder=HashingEncoder())
+    folder = tmp_path / EMBEDDINGS / "ml-100k"
+    assert all((folder / first / name).is_file() for name in INTENT_FILES)
+    again = build_item_embeddings("ml-100k", records, "k1", root=tmp_path, encoder=HashingEncoder())
+    assert again == first and sorted(p.name for p in folder.iterdir()) == sorted([first, "LATEST"])
+    changed = {**records, "50": {**records["50"], "intents": ["space opera"]}}  # the intent index changes
+    third = build_item_embeddings("ml-100k", changed, "k2", root=tmp_path, encoder=HashingEncoder())
+    assert third != first and (folder / "LATEST").read_text().strip() == third
+    assert json.loads((folder / third / "intents.json").read_text()) == sorted(
+        ["funny animated film", "movie for children", "space opera"])
+
+
 def test_text_encoder_shapes_and_determinism():
     from inference.knowledge.embeddings import TextEncoder
 

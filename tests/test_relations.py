@@ -73,6 +73,22 @@ def test_relational_vectors_put_a_franchise_together(graph, ml100k):
     assert vectors[row[STAR_WARS]] @ vectors[row[EMPIRE]] > np.quantile(similarity, 0.99)
 
 
+def test_relational_vectors_are_the_same_bytes_in_every_process(tmp_path):
+    """Python salts string hashes per process, so iterating a set of KG entities differs between runs."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from ranking.data import load_dataset; "
+              "from inference.knowledge.evidence import KnowledgeGraph; "
+              "from inference.knowledge.relations import relational_vectors; "
+              "d = load_dataset('ml-100k'); g = KnowledgeGraph.from_frames(d.items, d.kg); "
+              "sys.stdout.buffer.write(relational_vectors(g, [str(i) for i in d.items.item_id]).tobytes())")
+    outputs = [subprocess.run([sys.executable, "-c", script], capture_output=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    assert len(outputs[0]) == 1682 * 64 * 4 and outputs[0] == outputs[1]
+
+
 def _tiny_knowledge_artifact(ml100k, root):
     ids = [str(i) for i in ml100k.items.item_id]
     text = l2_normalise(np.random.default_rng(0).normal(size=(len(ids), 384)).astype(np.float32))

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from inference.knowledge.store import EMBEDDINGS, digest_of, new_version_dir, publish, resolve_version, write_json
+from inference.knowledge.store import (
+    EMBEDDINGS,
+    digest_of,
+    new_version_dir,
+    publish,
+    publish_unless_unchanged,
+    resolve_version,
+    write_json,
+)
 from inference.knowledge.store import write_jsonl as _write_jsonl
 
 KG_VECTORS = "kg_vectors.npy"
@@ -59,9 +67,9 @@ def l2_normalise(matrix: np.ndarray) -> np.ndarray:
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def save_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
-                    meta: dict[str, Any], root: Path | None = None) -> str:
-    """Write a new embeddings version and move LATEST to it; return the version."""
+def write_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
+                     meta: dict[str, Any], root: Path | None = None) -> Path:
+    """Write a new embeddings version folder, not yet published (LATEST unmoved); return its path."""
     if vectors.shape != (len(item_ids), DIM) or len(texts) != len(item_ids):
         raise ValueError(f"embeddings {vectors.shape} do not match {len(item_ids)} items / {len(texts)} texts")
     tag = f"{meta.get('source', 'evidence')}-{digest_of([list(item_ids), list(texts), ENCODER])}"
@@ -71,7 +79,13 @@ def save_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str],
     _write_jsonl(path / "texts.jsonl", [{"item_id": i, "text": t} for i, t in zip(item_ids, texts, strict=True)])
     write_json(path / "meta.json", {"encoder": ENCODER, "encoder_package": ENCODER_PACKAGE, "dim": DIM,
                                     "items": len(item_ids), "dataset": dataset, **meta})
-    return publish(path)
+    return path
+
+
+def save_embeddings(dataset: str, item_ids: Sequence[str], texts: Sequence[str], vectors: np.ndarray,
+                    meta: dict[str, Any], root: Path | None = None) -> str:
+    """Write a new embeddings version and move LATEST to it; return the version."""
+    return publish(write_embeddings(dataset, item_ids, texts, vectors, meta, root))
 
 
 def load_item_embeddings(dataset: str, item_ids: Sequence[str], root: Path | None = None,
@@ -101,7 +115,8 @@ def ranker_side_table(vectors: np.ndarray) -> np.ndarray:
 def build_item_embeddings(dataset: str, records: dict[str, dict] | None = None, knowledge_version: str | None = None,
                           data_dir: str | None = None, root: Path | None = None,
                           encoder: TextEncoder | None = None) -> str:
-    """Encode every catalogue item's knowledge text and save a new embeddings version; return it.
+    """Encode every catalogue item's knowledge text and save a new embeddings version (or, when every file
+    would be byte-identical to LATEST's, keep LATEST); return it.
 
     Without records the text is evidence alone (title, year, genres, trusted KG facts); with records
     (item id → knowledge record dict) their verified fields are appended. Cold items need nothing else.
@@ -119,14 +134,14 @@ def build_item_embeddings(dataset: str, records: dict[str, dict] | None = None, 
     covered = sum(1 for i in item_ids if (records or {}).get(i))
     meta = {"source": "knowledge" if records else "evidence", "knowledge_version": knowledge_version,
             "items_with_knowledge": covered, "kg_link_audit": audit.to_dict()}
-    version = save_embeddings(dataset, item_ids, texts, vectors, meta, root)
-    folder = resolve_version(EMBEDDINGS, dataset, version, root)
+    folder = write_embeddings(dataset, item_ids, texts, vectors, meta, root)
     save_kg_relations(folder, data.items, data.kg, item_ids)
     if records:  # the intent index travels with the vectors it was built beside
         from inference.knowledge.intents import IntentIndex
 
         IntentIndex.from_records(records, encoder.encode).save(folder)
-    return version
+    # an embed of unchanged knowledge returns the version it would duplicate
+    return publish_unless_unchanged(folder, sorted(p.name for p in folder.iterdir()))
 
 
 def save_kg_relations(folder: Path, items: Any, kg: Any, item_ids: Sequence[str]) -> None:

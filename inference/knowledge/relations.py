@@ -116,7 +116,8 @@ def relational_vectors(graph: KnowledgeGraph, item_ids: Sequence[str], dim: int 
     columns: dict[tuple[str, str], int] = {}
     rows, cols = [], []
     for row, item in enumerate(item_ids):
-        entities = [(kind, e) for kind in VECTOR_KINDS for e in graph.lookup(item, kind)]
+        # sorted: set order follows the process's string hashing, and the columns' order moves the SVD's basis
+        entities = [(kind, e) for kind in VECTOR_KINDS for e in sorted(graph.lookup(item, kind))]
         chain = {item} | graph.lookup(item, "sequel") | graph.lookup(item, "prequel")
         entities += [("franchise", min(chain))] if len(chain) > 1 else []
         for key in entities:
