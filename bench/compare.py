@@ -105,6 +105,24 @@ def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
     return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
 
 
+def embeddings_in_use(dataset: str, knowledge: str | None) -> str | None:
+    """The knowledge-embeddings version a `train.knowledge` setting resolves to now (None: it reads none)."""
+    if not knowledge or knowledge == "none":
+        return None
+    from inference.knowledge.store import EMBEDDINGS, resolve_version
+
+    return resolve_version(EMBEDDINGS, dataset, None if knowledge == "LATEST" else knowledge).name
+
+
+def kept_run_is_current(path: Path, embeddings: str | None) -> bool:
+    """A finished run counts as done only when it read the embeddings its arm reads now (a re-embed between
+    two resumed runs would otherwise mix two sets of knowledge vectors in one arm)."""
+    if not path.is_file():
+        return False
+    return embeddings is None or (json.loads(path.read_text()).get("knowledge") or {}).get(
+        "embeddings_version") == embeddings
+
+
 Extras = dict[str, dict[int, np.ndarray]]
 
 
@@ -208,11 +226,12 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     cfg = load_train_config(arm.config, data.dataset, epochs=epochs, device=device)
     if cfg.max_seconds:
         raise ValueError(f"{arm.config}: a comparison trains by epochs only; remove train.max_seconds")
-    side = None
+    side, knowledge = None, None
     if cfg.knowledge:
         from inference.knowledge.embeddings import knowledge_training_inputs
 
-        side = knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge)["side_embeddings"]
+        inputs = knowledge_training_inputs(data.dataset, data.item_ids, cfg.knowledge)
+        side, knowledge = inputs.get("side_embeddings"), inputs.get("provenance")
     if cfg.behaviors and extras is None:
         raise ValueError(f"{arm.config}: train.behaviors is set but no inferred behaviours were prepared")
     if cfg.behaviors:
@@ -227,7 +246,7 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "history": result.history, "train_seconds": round(result.seconds, 1),
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
-            "ranks": ranks.astype(int).tolist()}
+            "ranks": ranks.astype(int).tolist(), "knowledge": knowledge}
 
 
 def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float, str | None]) -> str:
@@ -364,12 +383,21 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     tag = f"{data.dataset}-{'-vs-'.join(a.name for a in arms)}" + (f"-cold{args.cold_fraction:g}" if cold is not None
                                                                     else "")
     out_dir = Path(args.work_dir or f"bench/results/compare/{tag}")
-    todo = [(arm, seed) for seed in args.seeds for arm in arms if not run_file(out_dir, arm, seed).is_file()]
-    parallel = max(1, min(args.jobs, len(todo)))
-    started = time.time()
     from ranking.config import load_train_config
 
-    behavior_of = {arm: load_train_config(arm.config, data.dataset).behaviors for arm in arms}
+    configs = {arm: load_train_config(arm.config, data.dataset) for arm in arms}
+    behavior_of = {arm: cfg.behaviors for arm, cfg in configs.items()}
+    embeddings_of = {arm: embeddings_in_use(data.dataset, cfg.knowledge) for arm, cfg in configs.items()}
+    stale = [run_file(out_dir, arm, seed).name for seed in args.seeds for arm in arms
+             if run_file(out_dir, arm, seed).is_file() and not kept_run_is_current(run_file(out_dir, arm, seed),
+                                                                                   embeddings_of[arm])]
+    if stale:
+        print(f"{len(stale)} kept run(s) read other knowledge embeddings than their arm reads now "
+              f"({', '.join(stale)}): training them again", flush=True)
+    todo = [(arm, seed) for seed in args.seeds for arm in arms
+            if not kept_run_is_current(run_file(out_dir, arm, seed), embeddings_of[arm])]
+    parallel = max(1, min(args.jobs, len(todo)))
+    started = time.time()
 
     def job(arm: Arm, seed: int, behaviors: str | None) -> tuple:
         return (args.sequences, data.dataset, arm, seed, args.epochs, args.device, str(out_dir), parallel,

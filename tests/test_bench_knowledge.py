@@ -107,3 +107,14 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert again["arms"] == result["arms"]
     kept = sum(json.loads(run.read_text())["train_seconds"] for run in (tmp_path / "work" / "runs").glob("*.json"))
     assert again["ranker_train_seconds_sum"] == result["ranker_train_seconds_sum"] == pytest.approx(kept, abs=0.05)
+    save_embeddings("synthetic", items, items[::-1], rng.normal(size=(40, DIM)).astype(np.float32),
+                    {"source": "knowledge", "knowledge_version": "k-test-2"})  # a re-embed moves LATEST
+    newer = resolve_version(EMBEDDINGS, "synthetic")
+    np.save(newer / KG_VECTORS, rng.normal(size=(40, 8)).astype(np.float32))
+    args.name = "knowledge-synthetic-ablation-reembedded.json"
+    assert main_from_args(args) == 0
+    out = capsys.readouterr().out
+    assert "2 kept run(s) read other knowledge embeddings" in out and "2 run(s) to train (2 already done)" in out
+    runs = {run.stem: json.loads(run.read_text()) for run in (tmp_path / "work" / "runs").glob("*.json")}
+    assert {name: run["knowledge"] and run["knowledge"]["embeddings_version"] for name, run in runs.items()} == {
+        "ids-seed1": None, "ids-seed2": None, "knowledge-seed1": newer.name, "knowledge-seed2": newer.name}
