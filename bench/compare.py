@@ -388,14 +388,12 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     configs = {arm: load_train_config(arm.config, data.dataset) for arm in arms}
     behavior_of = {arm: cfg.behaviors for arm, cfg in configs.items()}
     embeddings_of = {arm: embeddings_in_use(data.dataset, cfg.knowledge) for arm, cfg in configs.items()}
-    stale = [run_file(out_dir, arm, seed).name for seed in args.seeds for arm in arms
-             if run_file(out_dir, arm, seed).is_file() and not kept_run_is_current(run_file(out_dir, arm, seed),
-                                                                                   embeddings_of[arm])]
+    todo = [(arm, seed) for seed in args.seeds for arm in arms
+            if not kept_run_is_current(run_file(out_dir, arm, seed), embeddings_of[arm])]
+    stale = [run_file(out_dir, arm, seed).name for arm, seed in todo if run_file(out_dir, arm, seed).is_file()]
     if stale:
         print(f"{len(stale)} kept run(s) read other knowledge embeddings than their arm reads now "
               f"({', '.join(stale)}): training them again", flush=True)
-    todo = [(arm, seed) for seed in args.seeds for arm in arms
-            if not kept_run_is_current(run_file(out_dir, arm, seed), embeddings_of[arm])]
     parallel = max(1, min(args.jobs, len(todo)))
     started = time.time()
 
