@@ -52,8 +52,10 @@ class ScriptedServer:
                     owner.in_flight += 1
                     owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
                     step = owner.script.pop(0) if len(owner.script) > 1 else owner.script[0]
+                time.sleep(step.get("sleep", 0))
+                with owner.lock:  # done before the answer leaves: a client may send its next request on reading it
+                    owner.in_flight -= 1
                 try:
-                    time.sleep(step.get("sleep", 0))
                     body = step.get("raw") or json.dumps(reply(step)).encode()
                     self.send_response(step.get("status", 200))
                     self.send_header("Content-Type", "application/json")
@@ -62,9 +64,6 @@ class ScriptedServer:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    with owner.lock:
-                        owner.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
