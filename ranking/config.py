@@ -37,8 +37,8 @@ def load_train_config(path: str | Path | None, dataset: str, **overrides: Any) -
         raise ConfigError(f"{path}: top-level keys must be 'model' and 'train', got {list(raw)}")
     model = raw.get("model") or {}
     train = raw.get("train") or {}
-    _check_keys(path, "model", model, {f.name for f in fields(RankerConfig)} - {"num_items"})
-    _check_keys(path, "train", train, {f.name for f in fields(TrainConfig)} - {"model"})
+    _check_keys(path, "model", model, {f.name for f in fields(RankerConfig)} - {"num_items"}, _switches(RankerConfig))
+    _check_keys(path, "train", train, {f.name for f in fields(TrainConfig)} - {"model"}, _switches(TrainConfig))
     train.update({k: v for k, v in overrides.items() if v is not None})
     if train.get("precision", "auto") not in PRECISIONS:
         raise ConfigError(f"{path}: train.precision {train['precision']!r}: use one of {', '.join(PRECISIONS)}")
@@ -48,12 +48,20 @@ def load_train_config(path: str | Path | None, dataset: str, **overrides: Any) -
         raise ConfigError(f"{path}: {error}") from error
 
 
-def _check_keys(path: Path, section: str, values: dict, allowed: set[str]) -> None:
+def _switches(config: type) -> set[str]:
+    """The dataclass's true/false fields (annotations are strings here: `from __future__ import annotations`)."""
+    return {f.name for f in fields(config) if f.type in ("bool", bool)}
+
+
+def _check_keys(path: Path, section: str, values: dict, allowed: set[str], switches: set[str] = frozenset()) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: '{section}' must be a mapping")
     unknown = set(values) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown {section} keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     for key, value in values.items():
-        if not isinstance(value, int | float | str | type(None)) or isinstance(value, bool):
+        if key in switches:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: {section}.{key} = {value!r} must be true or false")
+        elif not isinstance(value, int | float | str | type(None)) or isinstance(value, bool):
             raise ConfigError(f"{path}: {section}.{key} = {value!r} must be a number or string")

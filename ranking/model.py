@@ -4,7 +4,8 @@ The backbone every ablation shares. Two optional inputs, off by default:
 - an extra sequence (e.g. inferred beyond-log behaviours) with its own segment embedding; every
   history position may attend to all of it, it attends only to itself;
 - per-item side embeddings (e.g. knowledge vectors), projected into the ID space and fused with the
-  ID embeddings on both the input and the output (tied) side: added (`side_mode="add"`) or mixed by a
+  ID embeddings on the input and (unless `side_output` is off, when warm candidates are scored by their ID
+  embedding alone) the output side: added (`side_mode="add"`) or mixed by a
   learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
   each item's ID embedding towards its projected side vector. Items in `cold_items` (never seen in
   training) are represented by their side vector alone; `id_dropout` trains that path by hiding a random
@@ -37,6 +38,7 @@ class RankerConfig:
     align_weight: float = 0.0
     align_temperature: float = 0.1
     id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
+    side_output: bool = True  # False: side vectors shape the inputs only; warm candidates are scored by ID alone
     positions: str = "learned"  # learned | rotary
     window: int = 0  # each item attends to itself and the window−1 items before it; 0 = all before it
 
@@ -146,7 +148,7 @@ class SequentialRanker(nn.Module):
                  cold_items: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self._frozen_table: torch.Tensor | None = None
+        self._frozen_tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self.item_emb = nn.Embedding(cfg.num_items + 1, cfg.dim, padding_idx=0)
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
@@ -183,31 +185,41 @@ class SequentialRanker(nn.Module):
         """For serving: eval mode, and the item table (side vectors fused) computed once, not per call."""
         self.eval()
         with torch.no_grad():
-            self._frozen_table = self.item_table()
+            self._frozen_tables = self.item_tables()
         return self
 
     def train(self, mode: bool = True) -> SequentialRanker:
-        self._frozen_table = None  # the weights may change again
+        self._frozen_tables = None  # the weights may change again
         return super().train(mode)
 
-    def item_table(self) -> torch.Tensor:
-        """(N+1, dim) item representations, shared by input and output."""
-        if self._frozen_table is not None:
-            return self._frozen_table
+    def item_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N+1, dim) item representations as inputs and as scored candidates: one fused table, unless
+        `side_output` is off, when a warm candidate is its ID embedding alone (a cold one, or one hidden by
+        `id_dropout`, keeps its side vector: it has nothing else)."""
+        if self._frozen_tables is not None:
+            return self._frozen_tables
         table = self.item_emb.weight
-        if self.cfg.side_dim:
-            side = self.side_proj(self.side)
-            cold = self.cold
-            if self.training and self.cfg.id_dropout:  # simulate cold items so the side path stands on its own
-                cold = cold | (torch.rand(cold.shape, device=cold.device) < self.cfg.id_dropout)
-            ids = table.masked_fill(cold[:, None], 0.0)
-            if self.cfg.side_mode == "gate":
-                gate = torch.sigmoid(self.side_gate(torch.cat([ids, side], dim=1)))
-                fused = gate * ids + (1 - gate) * side
-                table = torch.where(cold[:, None], side, fused)
-            else:
-                table = ids + side
-        return table
+        if not self.cfg.side_dim:
+            return table, table
+        side = self.side_proj(self.side)
+        cold = self.cold
+        if self.training and self.cfg.id_dropout:  # simulate cold items so the side path stands on its own
+            cold = cold | (torch.rand(cold.shape, device=cold.device) < self.cfg.id_dropout)
+        ids = table.masked_fill(cold[:, None], 0.0)
+        if self.cfg.side_mode == "gate":
+            gate = torch.sigmoid(self.side_gate(torch.cat([ids, side], dim=1)))
+            fused = torch.where(cold[:, None], side, gate * ids + (1 - gate) * side)
+        else:
+            fused = ids + side
+        return fused, fused if self.cfg.side_output else torch.where(cold[:, None], fused, table)
+
+    def item_table(self) -> torch.Tensor:
+        """(N+1, dim) item representations as the transformer's inputs."""
+        return self.item_tables()[0]
+
+    def candidate_table(self) -> torch.Tensor:
+        """(N+1, dim) item representations that hidden states are scored against."""
+        return self.item_tables()[1]
 
     def alignment_loss(self, items: torch.Tensor) -> torch.Tensor:
         """Symmetric InfoNCE between ID embeddings and projected side vectors of `items` (distinct, warm)."""
@@ -259,13 +271,13 @@ class SequentialRanker(nn.Module):
 
     def forward(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, N+1) over the whole catalogue at every position."""
-        return self.encode(history, extra) @ self.item_table().T
+        return self.encode(history, extra) @ self.candidate_table().T
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Full-softmax cross-entropy of the next item, over positions with a target (not padding)."""
         hidden = self.encode(inputs, extra)
         keep = (targets != 0) & ~self.cold[targets]  # a cold item is never a training target
-        logits = hidden[keep] @ self.item_table().T
+        logits = hidden[keep] @ self.candidate_table().T
         if self.training and self.cold.any():
             logits = logits.masked_fill(self.cold, float("-inf"))
         loss = F.cross_entropy(logits.float(), targets[keep])
@@ -275,7 +287,7 @@ class SequentialRanker(nn.Module):
 
     def score_last(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N+1) for the next item after each (left-padded) history."""
-        return self.encode(history, extra)[:, -1] @ self.item_table().T
+        return self.encode(history, extra)[:, -1] @ self.candidate_table().T
 
     def prefill(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> IncrementalState:
         """Full pass over left-padded histories (B, max_len), keeping what `step()` needs (eval only)."""

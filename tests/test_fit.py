@@ -60,3 +60,17 @@ def test_precision_picks_the_autocast_dtype_and_a_yaml_typo_is_refused(tmp_path)
     path.write_text("train:\n  precision: bfloat16\n")
     with pytest.raises(ConfigError, match=r"train\.precision 'bfloat16'"):
         load_train_config(path, "ml-100k")
+
+
+def test_a_switch_in_a_config_takes_true_or_false_and_other_keys_refuse_them(tmp_path):
+    from ranking.config import ConfigError, load_train_config
+
+    path = tmp_path / "ranker.yaml"
+    path.write_text("model:\n  side_output: false\n")
+    assert load_train_config(path, "ml-100k").model["side_output"] is False
+    path.write_text("model:\n  side_output: 0\n")  # a number is not a switch
+    with pytest.raises(ConfigError, match=r"model\.side_output = 0 must be true or false"):
+        load_train_config(path, "ml-100k")
+    path.write_text("model:\n  dim: true\n")  # nor is a switch a number
+    with pytest.raises(ConfigError, match=r"model\.dim = True must be a number or string"):
+        load_train_config(path, "ml-100k")

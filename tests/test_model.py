@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -106,6 +108,27 @@ def test_incremental_scoring_refuses_a_model_it_cannot_reproduce():
             model.prefill(torch.ones(1, 8, dtype=torch.long))
     with pytest.raises(ValueError, match="positions must be"):
         RankerConfig(num_items=3, positions="absolute")
+
+
+@pytest.mark.parametrize("side_mode", ["add", "gate"])
+def test_with_side_output_off_warm_candidates_are_scored_by_id_alone_and_cold_ones_by_side(side_mode):
+    side, cold = torch.randn(31, 5), torch.tensor([4, 9])
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode=side_mode, side_output=False)
+    model = SequentialRanker(cfg, side, cold).eval()
+    inputs, candidates = model.item_tables()
+    warm = torch.ones(31, dtype=torch.bool)
+    warm[cold] = False
+    assert torch.equal(candidates[warm], model.item_emb.weight[warm])  # no side vector in a warm candidate
+    assert torch.equal(candidates[cold], inputs[cold])  # a cold item is its side vector, as input and candidate
+    assert not torch.allclose(inputs[warm], model.item_emb.weight[warm])  # the inputs still read the side
+    tied = SequentialRanker(replace(cfg, side_output=True), side, cold).eval()
+    tied.load_state_dict(model.state_dict())
+    history = torch.tensor([[3, 5, 7]])
+    with torch.no_grad():
+        hidden = model.encode(history)[:, -1]
+        assert torch.allclose(model.score_last(history), hidden @ candidates.T, atol=1e-5)
+        assert torch.allclose(tied.encode(history)[:, -1], hidden, atol=1e-6)  # same inputs either way
+        assert not torch.allclose(tied.score_last(history), model.score_last(history), atol=1e-4)
 
 
 def test_a_frozen_ranker_reuses_its_item_table_until_trained_again():
