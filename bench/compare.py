@@ -105,15 +105,6 @@ def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
     return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
 
 
-def embeddings_in_use(dataset: str, knowledge: str | None) -> str | None:
-    """The knowledge-embeddings version a `train.knowledge` setting resolves to now (None: it reads none)."""
-    if not knowledge or knowledge == "none":
-        return None
-    from inference.knowledge.store import EMBEDDINGS, resolve_version
-
-    return resolve_version(EMBEDDINGS, dataset, None if knowledge == "LATEST" else knowledge).name
-
-
 def kept_run_is_current(path: Path, embeddings: str | None) -> bool:
     """A finished run counts as done only when it read the embeddings its arm reads now (a re-embed between
     two resumed runs would otherwise mix two sets of knowledge vectors in one arm)."""
@@ -383,6 +374,7 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     tag = f"{data.dataset}-{'-vs-'.join(a.name for a in arms)}" + (f"-cold{args.cold_fraction:g}" if cold is not None
                                                                     else "")
     out_dir = Path(args.work_dir or f"bench/results/compare/{tag}")
+    from inference.knowledge.embeddings import embeddings_in_use
     from ranking.config import load_train_config
 
     configs = {arm: load_train_config(arm.config, data.dataset) for arm in arms}

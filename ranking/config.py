@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,8 @@ def _switches(config: type) -> set[str]:
     return {f.name for f in fields(config) if f.type in ("bool", bool)}
 
 
-def _check_keys(path: Path, section: str, values: dict, allowed: set[str], switches: set[str] = frozenset()) -> None:
+def _check_keys(path: Path, section: str, values: dict, allowed: set[str],
+                switches: Collection[str] = frozenset()) -> None:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: '{section}' must be a mapping")
     unknown = set(values) - allowed

@@ -166,10 +166,27 @@ class RankerKnowledge:
     files: dict[str, Path]
 
 
+def _named_version(version: str | None) -> str | None:
+    """A knowledge-embeddings version as `resolve_version` takes it: None or 'LATEST' mean the newest."""
+    return None if version in (None, "LATEST") else version
+
+
+def _reads_knowledge(knowledge: str | None) -> bool:
+    """Whether a `train.knowledge` setting names embeddings (unset or 'none': it does not)."""
+    return bool(knowledge) and knowledge != "none"
+
+
+def embeddings_in_use(dataset: str, knowledge: str | None, root: Path | None = None) -> str | None:
+    """The knowledge-embeddings version a `train.knowledge` setting resolves to now (None: it reads none)."""
+    if not _reads_knowledge(knowledge):
+        return None
+    return resolve_version(EMBEDDINGS, dataset, _named_version(knowledge), root).name
+
+
 def ranker_knowledge(dataset: str, item_ids: Sequence[str], version: str | None = None,
                      root: Path | None = None) -> RankerKnowledge:
     """Side vectors and serving files of a knowledge-embeddings version (None or 'LATEST': the newest)."""
-    version = None if version in (None, "LATEST") else version
+    version = _named_version(version)
     text, resolved = load_item_embeddings(dataset, item_ids, root, version)
     folder = resolve_version(EMBEDDINGS, dataset, resolved, root)
     if not (folder / KG_VECTORS).is_file():
@@ -185,7 +202,7 @@ def ranker_knowledge(dataset: str, item_ids: Sequence[str], version: str | None 
 def knowledge_training_inputs(dataset: str, item_ids: Sequence[str], knowledge: str | None,
                               root: Path | None = None) -> dict[str, Any]:
     """train_and_save keyword arguments for `train.knowledge` (none when it is unset or 'none')."""
-    if not knowledge or knowledge == "none":
+    if not _reads_knowledge(knowledge):
         return {}
     import torch
 
