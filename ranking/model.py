@@ -7,7 +7,8 @@ The backbone every ablation shares. Two optional inputs, off by default:
   ID embeddings on the input and (unless `side_output` is off, when warm candidates are scored by their ID
   embedding alone) the output side: added (`side_mode="add"`) or mixed by a
   learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
-  each item's ID embedding towards its projected side vector. Items in `cold_items` (never seen in
+  each item's ID embedding towards its projected side vector, and `side_loss_weight` > 0 a second next-item
+  loss scored against the projected side vectors alone (the candidates cold items are). Items in `cold_items` (never seen in
   training) are represented by their side vector alone; `id_dropout` trains that path by hiding a random
   share of ID embeddings at each step.
 """
@@ -39,6 +40,7 @@ class RankerConfig:
     align_temperature: float = 0.1
     id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
     side_output: bool = True  # False: side vectors shape the inputs only; warm candidates are scored by ID alone
+    side_loss_weight: float = 0.0  # weight of the next-item loss over side-vector candidates alone
     positions: str = "learned"  # learned | rotary
     window: int = 0  # each item attends to itself and the window−1 items before it; 0 = all before it
 
@@ -283,7 +285,19 @@ class SequentialRanker(nn.Module):
         loss = F.cross_entropy(logits.float(), targets[keep])
         if self.cfg.side_dim and self.cfg.align_weight:
             loss = loss + self.cfg.align_weight * self.alignment_loss(targets[keep])
+        if self.cfg.side_dim and self.cfg.side_loss_weight:
+            loss = loss + self.cfg.side_loss_weight * self.side_candidate_loss(hidden[keep], targets[keep])
         return loss
+
+    def side_candidate_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of `targets` (warm) with `hidden` (T, dim) scored against every item's projected side
+        vector alone: trains the side path as the candidate a cold item is, for every target, not only for
+        the ones `id_dropout` hides. The hidden states are detached: the side path learns to fit them, the
+        transformer is not bent towards it."""
+        logits = (hidden.detach() @ self.side_proj(self.side).T).float()
+        if self.cold.any():
+            logits = logits.masked_fill(self.cold, float("-inf"))
+        return F.cross_entropy(logits, targets)
 
     def score_last(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N+1) for the next item after each (left-padded) history."""

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ranking.model import RankerConfig, SequentialRanker, left_pad
 
@@ -129,6 +130,28 @@ def test_with_side_output_off_warm_candidates_are_scored_by_id_alone_and_cold_on
         assert torch.allclose(model.score_last(history), hidden @ candidates.T, atol=1e-5)
         assert torch.allclose(tied.encode(history)[:, -1], hidden, atol=1e-6)  # same inputs either way
         assert not torch.allclose(tied.score_last(history), model.score_last(history), atol=1e-4)
+
+
+def test_the_side_candidate_loss_adds_the_next_item_loss_over_side_vectors_alone():
+    torch.manual_seed(0)
+    side, cold = torch.randn(31, 5), torch.tensor([4, 9])
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode="gate", side_output=False,
+                       side_loss_weight=0.5)
+    model = SequentialRanker(cfg, side, cold).eval()  # eval: no dropout, so both passes see the same hidden states
+    plain = SequentialRanker(replace(cfg, side_loss_weight=0.0), side, cold).eval()
+    plain.load_state_dict(model.state_dict())
+    inputs, targets = torch.randint(1, 31, (4, 8)), torch.randint(1, 31, (4, 8))
+    with torch.no_grad():
+        hidden = model.encode(inputs)
+        keep = (targets != 0) & ~model.cold[targets]
+        side_logits = hidden[keep] @ model.side_proj(model.side).T
+        side_logits[:, cold] = float("-inf")
+        expected = plain.loss(inputs, targets) + 0.5 * F.cross_entropy(side_logits, targets[keep])
+        assert torch.allclose(model.loss(inputs, targets), expected, atol=1e-5)
+        assert model.loss(inputs, targets) > plain.loss(inputs, targets)
+    model.side_candidate_loss(model.encode(inputs)[keep], targets[keep]).backward()
+    assert model.side_proj.weight.grad.abs().sum() > 0  # it trains the side path
+    assert all(p.grad is None for p in model.blocks.parameters())  # and leaves the transformer alone
 
 
 def test_a_frozen_ranker_reuses_its_item_table_until_trained_again():
