@@ -167,6 +167,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=int, default=540, help="seconds the training may take per call "
                         "(the rest packs the finished runs)")
     parser.add_argument("--no-wheels", action="store_true", help="do not download the wheels (they are there)")
+    parser.add_argument("--arm", action="append", default=[], type=_arm,
+                        help="NAME=CONFIG.yaml (repeat it), replacing the four default arms; the first is the "
+                             "baseline")
+
+
+def _arm(text: str) -> str:
+    """An arm as `bench knowledge --arm` takes it, whose config exists here (the GPU machine gets the tree)."""
+    from bench.compare import Arm
+
+    arm = Arm.parse(text)
+    if not Path(arm.config).is_file():
+        raise argparse.ArgumentTypeError(f"no config {arm.config!r} for arm {arm.name!r}")
+    return f"{arm.name}={arm.config}"
+
+
+def plan_from_args(args: argparse.Namespace, pins: tuple[str, ...]) -> KitPlan:
+    """The kit's plan from `reaseq bench gpu-kit`'s arguments."""
+    return KitPlan(args.dataset, tuple(args.seeds), args.epochs, args.jobs, args.budget_s, pins=pins,
+                   arms=tuple(args.arm))
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -174,7 +193,7 @@ def main_from_args(args: argparse.Namespace) -> int:
 
     repo = Path(__file__).resolve().parents[1]
     pins = wheel_pins((repo / "constraints.txt").read_text())
-    plan = KitPlan(args.dataset, tuple(args.seeds), args.epochs, args.jobs, args.budget_s, pins=pins)
+    plan = plan_from_args(args, pins)
     try:
         manifest = build_kit(plan, Path(args.kit), artifacts_dir(), repo, wheels=not args.no_wheels)
     except (FileNotFoundError, KeyError, RuntimeError) as error:

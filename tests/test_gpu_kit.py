@@ -7,6 +7,7 @@ dependencies made unimportable unless the kit installed them (its wheels, into t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -17,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.gpu_kit import DEVICE_MISSING, KitPlan, ablation_command, build_kit, download_wheels, wheel_pins
+from bench.gpu_kit import (
+    DEVICE_MISSING,
+    KitPlan,
+    ablation_command,
+    add_arguments,
+    build_kit,
+    download_wheels,
+    plan_from_args,
+    wheel_pins,
+)
 from inference.knowledge.embeddings import DIM, KG_VECTORS, save_embeddings
 from inference.knowledge.store import EMBEDDINGS, resolve_version
 from ranking.splits import SequenceData
@@ -66,6 +76,20 @@ def test_the_ablation_command_names_the_kits_files_and_the_arms():
     text = " ".join(command)
     assert "--sequences .gpu/ml-1m.npz" in text and "--seeds 1 2" in text and "--epochs 7" in text
     assert "--work-dir .gpu/work" in text and "--device cuda" in text and text.endswith("--arm ids=a.yaml")
+
+
+def test_the_kit_takes_its_arms_from_the_command_line_and_refuses_a_missing_config(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)  # configs are named relative to the repository, as run.sh runs there
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    arms = ("ids=ranking/configs/ranker-ml-1m.yaml", "input=bench/configs/ranker-ml-1m-knowledge-input.yaml")
+    plan = plan_from_args(parser.parse_args(["--arm", arms[0], "--arm", arms[1]]), ("torch==2",))
+    assert plan.arms == arms
+    assert ablation_command(plan, ".gpu")[-4:] == ["--arm", arms[0], "--arm", arms[1]]
+    assert plan_from_args(parser.parse_args([]), ()).arms == ()  # the four default arms
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--arm", "input=bench/configs/no-such.yaml"])
+    assert "no config 'bench/configs/no-such.yaml' for arm 'input'" in capsys.readouterr().err
 
 
 def _device_python(folder: Path) -> dict[str, str]:
