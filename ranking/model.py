@@ -8,9 +8,9 @@ The backbone every ablation shares. Two optional inputs, off by default:
   embedding alone) the output side: added (`side_mode="add"`) or mixed by a
   learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
   each item's ID embedding towards its projected side vector, and `side_loss_weight` > 0 a second next-item
-  loss scored against the projected side vectors alone (the candidates cold items are). Items in `cold_items` (never seen in
-  training) are represented by their side vector alone; `id_dropout` trains that path by hiding a random
-  share of ID embeddings at each step.
+  loss scored against the projected side vectors alone (the candidates cold items are). Items in
+  `cold_items` (never seen in training) are represented by their side vector alone; `id_dropout` trains
+  that path by hiding a random share of ID embeddings at each step.
 """
 
 from __future__ import annotations
