@@ -277,16 +277,16 @@ class SequentialRanker(nn.Module):
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Full-softmax cross-entropy of the next item, over positions with a target (not padding)."""
-        hidden = self.encode(inputs, extra)
         keep = (targets != 0) & ~self.cold[targets]  # a cold item is never a training target
-        logits = hidden[keep] @ self.candidate_table().T
+        hidden, targets = self.encode(inputs, extra)[keep], targets[keep]
+        logits = hidden @ self.candidate_table().T
         if self.training and self.cold.any():
             logits = logits.masked_fill(self.cold, float("-inf"))
-        loss = F.cross_entropy(logits.float(), targets[keep])
+        loss = F.cross_entropy(logits.float(), targets)
         if self.cfg.side_dim and self.cfg.align_weight:
-            loss = loss + self.cfg.align_weight * self.alignment_loss(targets[keep])
+            loss = loss + self.cfg.align_weight * self.alignment_loss(targets)
         if self.cfg.side_dim and self.cfg.side_loss_weight:
-            loss = loss + self.cfg.side_loss_weight * self.side_candidate_loss(hidden[keep], targets[keep])
+            loss = loss + self.cfg.side_loss_weight * self.side_candidate_loss(hidden, targets)
         return loss
 
     def side_candidate_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
