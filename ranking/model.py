@@ -10,7 +10,9 @@ The backbone every ablation shares. Two optional inputs, off by default:
   each item's ID embedding towards its projected side vector, and `side_loss_weight` > 0 a second next-item
   loss scored against the projected side vectors alone (the candidates cold items are). Items in
   `cold_items` (never seen in training) are represented by their side vector alone; `id_dropout` trains
-  that path by hiding a random share of ID embeddings at each step.
+  that path by hiding a random share of ID embeddings at each step. `cold_head_share` > 0 instead gives
+  cold candidates a projection of their own, trained on detached states against the warm candidates as
+  they are scored, so the warm model trains exactly as without it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class RankerConfig:
     id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
     side_output: bool = True  # False: side vectors shape the inputs only; warm candidates are scored by ID alone
     side_loss_weight: float = 0.0  # weight of the next-item loss over side-vector candidates alone
+    cold_head_share: float = 0.0  # > 0: cold candidates get a head of their own, trained with this share of
+    #                               warm candidates scored through it at each step
     positions: str = "learned"  # learned | rotary
     window: int = 0  # each item attends to itself and the window−1 items before it; 0 = all before it
 
@@ -174,6 +178,10 @@ class SequentialRanker(nn.Module):
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
             if cfg.side_mode == "gate":
                 self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
+            if cfg.cold_head_share:
+                self.cold_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
+        elif cfg.cold_head_share:
+            raise ValueError("cold_head_share needs side embeddings (side_dim > 0)")
         self.apply(self._init)
 
     @staticmethod
@@ -197,7 +205,8 @@ class SequentialRanker(nn.Module):
     def item_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N+1, dim) item representations as inputs and as scored candidates: one fused table, unless
         `side_output` is off, when a warm candidate is its ID embedding alone (a cold one, or one hidden by
-        `id_dropout`, keeps its side vector: it has nothing else)."""
+        `id_dropout`, keeps its side vector: it has nothing else). With a cold head, a cold candidate is the
+        cold head's projection of its side vector."""
         if self._frozen_tables is not None:
             return self._frozen_tables
         table = self.item_emb.weight
@@ -213,7 +222,10 @@ class SequentialRanker(nn.Module):
             fused = torch.where(cold[:, None], side, gate * ids + (1 - gate) * side)
         else:
             fused = ids + side
-        return fused, fused if self.cfg.side_output else torch.where(cold[:, None], fused, table)
+        candidates = fused if self.cfg.side_output else torch.where(cold[:, None], fused, table)
+        if self.cfg.cold_head_share:
+            candidates = torch.where(self.cold[:, None], self.cold_proj(self.side), candidates)
+        return fused, candidates
 
     def item_table(self) -> torch.Tensor:
         """(N+1, dim) item representations as the transformer's inputs."""
@@ -279,7 +291,8 @@ class SequentialRanker(nn.Module):
         """Full-softmax cross-entropy of the next item, over positions with a target (not padding)."""
         keep = (targets != 0) & ~self.cold[targets]  # a cold item is never a training target
         hidden, targets = self.encode(inputs, extra)[keep], targets[keep]
-        logits = hidden @ self.candidate_table().T
+        candidates = self.candidate_table()
+        logits = hidden @ candidates.T
         if self.training and self.cold.any():
             logits = logits.masked_fill(self.cold, float("-inf"))
         loss = F.cross_entropy(logits.float(), targets)
@@ -287,7 +300,21 @@ class SequentialRanker(nn.Module):
             loss = loss + self.cfg.align_weight * self.alignment_loss(targets)
         if self.cfg.side_dim and self.cfg.side_loss_weight:
             loss = loss + self.cfg.side_loss_weight * self.side_candidate_loss(hidden, targets)
+        if self.cfg.cold_head_share:
+            loss = loss + self.cold_head_loss(hidden, targets, candidates)
         return loss
+
+    def cold_head_loss(self, hidden: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of `targets` (warm) with `hidden` (T, dim) scored against `candidates`, a random
+        `cold_head_share` of them replaced by the cold head's projection of their side vector. All but the
+        head is detached: it learns to place an item among the warm candidates as they are scored, which is
+        how a cold item is placed at test time, and it never moves the warm model."""
+        through_head = torch.rand(candidates.shape[0], device=candidates.device) < self.cfg.cold_head_share
+        table = torch.where(through_head[:, None], self.cold_proj(self.side), candidates.detach())
+        logits = (hidden.detach() @ table.T).float()
+        if self.cold.any():
+            logits = logits.masked_fill(self.cold, float("-inf"))
+        return F.cross_entropy(logits, targets)
 
     def side_candidate_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of `targets` (warm) with `hidden` (T, dim) scored against every item's projected side

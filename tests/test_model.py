@@ -165,3 +165,38 @@ def test_a_frozen_ranker_reuses_its_item_table_until_trained_again():
         model.train()  # drops the memo: the weights may change
         assert model.item_table() is not model.item_table()
         assert torch.allclose(model.eval().score_last(history), frozen, atol=1e-6)
+
+
+def test_the_cold_head_scores_cold_candidates_and_learns_without_moving_the_warm_model():
+    torch.manual_seed(0)
+    side, cold = torch.randn(31, 5), torch.tensor([4, 9])
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode="gate", side_output=False,
+                       dropout=0.0, cold_head_share=1.0)  # every candidate through the head: the loss is exact
+    model = SequentialRanker(cfg, side, cold).train()  # training: cold candidates are out of the softmax
+    plain = SequentialRanker(replace(cfg, cold_head_share=0.0), side, cold).train()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("cold_proj")})
+    inputs, targets = torch.randint(1, 31, (4, 8)), torch.randint(1, 31, (4, 8))
+    with torch.no_grad():
+        candidates, without_head = model.candidate_table(), plain.candidate_table()
+        warm = ~model.cold
+        assert torch.equal(candidates[warm], without_head[warm])  # warm candidates as without the head
+        assert torch.allclose(candidates[cold], model.cold_proj(side[cold]))  # cold ones through the head
+        assert not torch.allclose(candidates[cold], without_head[cold])
+        keep = (targets != 0) & ~model.cold[targets]
+        head_logits = model.encode(inputs)[keep] @ model.cold_proj(side).T
+        head_logits[:, cold] = float("-inf")
+        expected = plain.loss(inputs, targets) + F.cross_entropy(head_logits, targets[keep])
+        assert torch.allclose(model.loss(inputs, targets), expected, atol=1e-5)
+    model.loss(inputs, targets).backward()
+    assert model.cold_proj.weight.grad.abs().sum() > 0  # the head learns
+    head_only = SequentialRanker(cfg, side, cold).train()
+    head_only.load_state_dict(model.state_dict())
+    hidden = head_only.encode(inputs)[keep]
+    head_only.cold_head_loss(hidden, targets[keep], head_only.candidate_table()).backward()
+    moved = [name for name, p in head_only.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert moved == ["cold_proj.weight"]  # and nothing else does through its loss
+
+
+def test_a_cold_head_needs_side_embeddings():
+    with pytest.raises(ValueError, match="cold_head_share needs side embeddings"):
+        SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, cold_head_share=0.2))
