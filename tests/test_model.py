@@ -189,7 +189,7 @@ def test_the_cold_head_scores_cold_candidates_and_learns_without_moving_the_warm
         assert torch.allclose(model.loss(inputs, targets), expected, atol=1e-5)
     model.loss(inputs, targets).backward()
     assert model.cold_proj.weight.grad.abs().sum() > 0  # the head learns
-    head_only = SequentialRanker(cfg, side, cold).train()
+    head_only = SequentialRanker(replace(cfg, cold_head_share=0.5), side, cold).train()  # some rows warm
     head_only.load_state_dict(model.state_dict())
     hidden = head_only.encode(inputs)[keep]
     head_only.cold_head_loss(hidden, targets[keep], head_only.candidate_table()).backward()
