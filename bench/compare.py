@@ -105,13 +105,26 @@ def run_file(out_dir: Path, arm: Arm, seed: int) -> Path:
     return out_dir / "runs" / f"{arm.name}-seed{seed}.json"
 
 
-def kept_run_is_current(path: Path, embeddings: str | None) -> bool:
-    """A finished run counts as done only when it read the embeddings its arm reads now (a re-embed between
-    two resumed runs would otherwise mix two sets of knowledge vectors in one arm)."""
+RUN_SETTINGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "eval_every")
+
+
+def run_settings(train: dict[str, Any]) -> dict[str, Any]:
+    """What a run's result depends on in its train config, beyond seed, device and inputs: the budget,
+    the optimiser and the model (less `extra_len`, which the inferred behaviours set)."""
+    return {**{key: train.get(key) for key in RUN_SETTINGS},
+            "model": {key: value for key, value in train.get("model", {}).items() if key != "extra_len"}}
+
+
+def kept_run_is_current(path: Path, embeddings: str | None, train: dict[str, Any]) -> bool:
+    """A finished run counts as done only when it was trained with the settings its arm has now (`train`, a
+    TrainConfig as a dict) and read the embeddings it reads now: an edited config, a reused arm name or a
+    re-embed between two resumed runs would otherwise mix two models in one arm."""
     if not path.is_file():
         return False
-    return embeddings is None or (json.loads(path.read_text()).get("knowledge") or {}).get(
-        "embeddings_version") == embeddings
+    run = json.loads(path.read_text())
+    if run_settings(run.get("train_config", {})) != run_settings(train):
+        return False
+    return embeddings is None or (run.get("knowledge") or {}).get("embeddings_version") == embeddings
 
 
 Extras = dict[str, dict[int, np.ndarray]]
@@ -377,14 +390,14 @@ def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     from inference.knowledge.embeddings import embeddings_in_use
     from ranking.config import load_train_config
 
-    configs = {arm: load_train_config(arm.config, data.dataset) for arm in arms}
+    configs = {arm: load_train_config(arm.config, data.dataset, epochs=args.epochs) for arm in arms}
     behavior_of = {arm: cfg.behaviors for arm, cfg in configs.items()}
     embeddings_of = {arm: embeddings_in_use(data.dataset, cfg.knowledge) for arm, cfg in configs.items()}
     todo = [(arm, seed) for seed in args.seeds for arm in arms
-            if not kept_run_is_current(run_file(out_dir, arm, seed), embeddings_of[arm])]
+            if not kept_run_is_current(run_file(out_dir, arm, seed), embeddings_of[arm], configs[arm].to_dict())]
     stale = [run_file(out_dir, arm, seed).name for arm, seed in todo if run_file(out_dir, arm, seed).is_file()]
     if stale:
-        print(f"{len(stale)} kept run(s) read other knowledge embeddings than their arm reads now "
+        print(f"{len(stale)} kept run(s) read other knowledge embeddings or had other settings than their arm has now "
               f"({', '.join(stale)}): training them again", flush=True)
     parallel = max(1, min(args.jobs, len(todo)))
     started = time.time()

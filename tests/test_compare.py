@@ -204,3 +204,22 @@ def test_an_rft_arm_tunes_the_pretrained_model_the_plain_arm_shares(tmp_path):
     assert [row["step"] for row in tuned["rft"]["curve"]] == [1, 2]
     assert tuned["holdout_recall"] == result["arms"]["plain"]["behaviors"]["holdout_recall"]
     assert "rft" not in result["arms"]["plain"]["behaviors"]
+
+
+def test_a_kept_run_counts_only_with_the_settings_and_embeddings_its_arm_has_now(tmp_path):
+    from ranking.config import load_train_config
+
+    config = tmp_path / "arm.yaml"
+    config.write_text(TINY_RANKER)
+    train = load_train_config(config, "ml-100k").to_dict()
+    path = tmp_path / "arm-seed1.json"
+    assert not compare.kept_run_is_current(path, None, train)  # not trained yet
+    kept = {"train_config": {**train, "seed": 1, "device": "cpu", "model": {**train["model"], "extra_len": 8}},
+            "knowledge": {"embeddings_version": "e1"}}
+    path.write_text(json.dumps(kept))
+    assert compare.kept_run_is_current(path, None, train)  # seed, device and the behaviours' length aside
+    assert compare.kept_run_is_current(path, "e1", train)
+    assert not compare.kept_run_is_current(path, "e2", train)  # re-embedded since
+    assert not compare.kept_run_is_current(path, None, {**train, "epochs": train["epochs"] + 1})
+    edited = {**train, "model": {**train["model"], "cold_head_share": 0.2}}  # an arm name reused for a new model
+    assert not compare.kept_run_is_current(path, None, edited)
