@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the CLI builds its parser from this module: keep torch and 
 SPARSE_TRAIN_ITEMS = 20
 BOOTSTRAP_SAMPLES = 2000
 COLUMNS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR")
+COLD_OFFSETS = (0.0, -0.25, -0.5, -1.0, -2.0, -4.0)  # logits added to cold candidates' scores, in the sweep
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,43 @@ def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
     """Per-user NDCG@10 from 0-based ranks."""
     ranks = np.asarray(ranks, dtype=np.float64)
     return np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def _scored_once(scorer: Any) -> Any:
+    """`scorer`, each batch of users scored once however often it is asked for."""
+    memo: dict[tuple[int, ...], Any] = {}
+
+    def once(histories: list[np.ndarray], users: list[int]) -> Any:
+        key = tuple(users)
+        if key not in memo:
+            memo[key] = scorer(histories, users).float().cpu()
+        return memo[key]
+
+    return once
+
+
+def cold_offset_sweep(data: SequenceData, scorer: Any, cold: np.ndarray,
+                      offsets: Sequence[float] = COLD_OFFSETS) -> list[dict[str, Any]]:
+    """NDCG@10 of all users and of those whose target is warm or cold, on the validation and test splits, with
+    each of `offsets` added to the cold candidates' scores (as `model.cold_offset` would): what each step of
+    the cold items' reach costs the warm ranking. The model is run once per split."""
+    import torch
+
+    from ranking.evaluate import rank_users
+
+    is_cold = np.zeros(data.num_items + 1, dtype=bool)
+    is_cold[cold] = True
+    cold_columns = torch.as_tensor(is_cold, dtype=torch.float32)
+    sweep: list[dict[str, Any]] = [{"offset": offset} for offset in offsets]
+    for split, target in (("valid", data.valid_target), ("test", data.test_target)):
+        cold_target = np.array([is_cold[target(user)] for user in range(len(data.sequences))])
+        once = _scored_once(scorer)
+        for entry in sweep:
+            ndcg = ndcg_at_10(rank_users(data, lambda h, u, s=once, o=entry["offset"]: s(h, u) + o * cold_columns,
+                                         split))
+            entry[split] = {"all": float(ndcg.mean()), "warm_targets": float(ndcg[~cold_target].mean()),
+                            "cold_targets": float(ndcg[cold_target].mean())}
+    return sweep
 
 
 def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
@@ -245,8 +283,12 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side,
                           cold_items=None if cold is None or not cold.size else cold.tolist(),
                           extra=extras and extras["train"], valid_extra=extras and extras["valid"])
-    ranks = rank_users(data, model_scorer(result.model, result.device, extras and extras["test"]), "test")
-    return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
+    scorer = model_scorer(result.model, result.device, extras and extras["test"])
+    ranks = rank_users(data, scorer, "test")
+    sweep = None  # cold items that knowledge scores: what their reach costs
+    if side is not None and cold is not None and cold.size and not extras:
+        sweep = cold_offset_sweep(data, scorer, cold)
+    return {"cold_offsets": sweep, "arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "history": result.history, "train_seconds": round(result.seconds, 1),
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
@@ -334,6 +376,7 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
             "model_config": runs[arm.name, seeds[0]]["model_config"],
             "behaviors": runs[arm.name, seeds[0]].get("behaviors"),
             "slices": {name: float(per_user[arm.name][mask].mean()) for name, mask in masks.items()},
+            "cold_offsets": median_sweep([runs[arm.name, s].get("cold_offsets") for s in seeds]),
         }
         if arm is not arms[0]:
             row["vs_" + arms[0].name] = {name: paired_bootstrap(per_user[arms[0].name][mask], per_user[arm.name][mask])
@@ -344,6 +387,33 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
             "cold_items": 0 if cold is None else int(cold.size),
             "popularity_ndcg10": {name: float(popularity[mask].mean()) for name, mask in masks.items()},
             "device": runs[arms[0].name, seeds[0]]["device"], "arms": table}
+
+
+def median_sweep(sweeps: Sequence[list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
+    """Per offset, the median over seeds of each NDCG@10 in their cold-offset sweeps (None unless every seed
+    has one, over the same offsets)."""
+    if not sweeps or any(s is None for s in sweeps) or len({tuple(e["offset"] for e in s) for s in sweeps}) != 1:
+        return None
+    return [{"offset": entries[0]["offset"],
+             **{split: {key: statistics.median(e[split][key] for e in entries) for key in entries[0][split]}
+                for split in ("valid", "test")}}
+            for entries in zip(*sweeps, strict=True)]
+
+
+def cold_offset_table(summary: dict[str, Any]) -> str:
+    """Per arm with a cold-offset sweep: median NDCG@10 at each offset, on test (and all users on validation,
+    which is what picks an offset); empty when no arm has one."""
+    lines = []
+    for name, row in summary["arms"].items():
+        if not row.get("cold_offsets"):
+            continue
+        best = max(row["cold_offsets"], key=lambda e: e["valid"]["all"])["offset"]
+        lines += [f"\n| {name}: cold_offset | valid, all users | test, all users | warm targets | cold targets |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {e['offset']:+g}{' (best on valid)' if e['offset'] == best else ''} | {e['valid']['all']:.4f} | "
+                  f"{e['test']['all']:.4f} | {e['test']['warm_targets']:.4f} | {e['test']['cold_targets']:.4f} |"
+                  for e in row["cold_offsets"]]
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -375,7 +445,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines.append(f"\n({summary['users']} users; " + ", ".join(f"{p.replace('_', ' ')} {users[p]}" for p in parts[1:])
                  + "; popularity NDCG@10 " + ", ".join(f"{p.replace('_', ' ')} {v:.4f}" for p, v in popularity.items())
                  + f"; device {summary['device']})")
-    return "\n".join(lines)
+    return "\n".join(lines) + cold_offset_table(summary)
 
 
 def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

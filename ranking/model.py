@@ -45,6 +45,7 @@ class RankerConfig:
     side_loss_weight: float = 0.0  # weight of the next-item loss over side-vector candidates alone
     cold_head_share: float = 0.0  # > 0: cold candidates get a head of their own, trained with this share of
     #                               warm candidates scored through it at each step
+    cold_offset: float = 0.0  # added to cold candidates' scores when ranking (< 0: fewer cold items near the top)
     positions: str = "learned"  # learned | rotary
     window: int = 0  # each item attends to itself and the window−1 items before it; 0 = all before it
 
@@ -285,7 +286,14 @@ class SequentialRanker(nn.Module):
 
     def forward(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, L, N+1) over the whole catalogue at every position."""
-        return self.encode(history, extra) @ self.candidate_table().T
+        return self.scores(self.encode(history, extra))
+
+    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (…, N+1) of hidden states (…, dim) over the whole catalogue, cold candidates offset by
+        `cold_offset`: how far a cold item, scored from knowledge alone, must outscore a warm one to rank
+        above it."""
+        logits = hidden @ self.candidate_table().T
+        return logits + self.cfg.cold_offset * self.cold if self.cfg.cold_offset else logits
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Full-softmax cross-entropy of the next item, over positions with a target (not padding)."""
@@ -328,7 +336,7 @@ class SequentialRanker(nn.Module):
 
     def score_last(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, N+1) for the next item after each (left-padded) history."""
-        return self.encode(history, extra)[:, -1] @ self.candidate_table().T
+        return self.scores(self.encode(history, extra)[:, -1])
 
     def prefill(self, history: torch.Tensor, extra: torch.Tensor | None = None) -> IncrementalState:
         """Full pass over left-padded histories (B, max_len), keeping what `step()` needs (eval only)."""

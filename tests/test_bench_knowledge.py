@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.compare import COLD_OFFSETS
 from bench.knowledge import (
     add_arguments,
     default_arms,
@@ -86,6 +87,11 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert result["cold_items"] == 8 and result["slice_users"]["cold_items"] > 0
     assert result["embeddings_version"] == folder.name and result["knowledge_version"] == "k-test"
     assert result["arms"]["knowledge"]["model_config"]["side_mode"] == "gate"
+    sweep = result["arms"]["knowledge"]["cold_offsets"]  # knowledge scores the cold items: what it costs
+    assert [e["offset"] for e in sweep] == list(COLD_OFFSETS) and result["arms"]["ids"]["cold_offsets"] is None
+    for run in (tmp_path / "work" / "runs").glob("knowledge-seed*.json"):  # offset 0 is the model as trained
+        kept = json.loads(run.read_text())
+        assert kept["cold_offsets"][0]["test"]["all"] == pytest.approx(kept["test"]["NDCG@10"], abs=1e-9)
     assert [len(c) for c in result["arms"]["ids"]["valid_ndcg10_curves"].values()] == [1, 1]  # one epoch per seed
     assert result["git_commit"] and result["command"]
     goals = {v["goal"] for v in result["goals"]}
@@ -100,6 +106,7 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert png_width(plot_ablation(altered, tmp_path / "cold.png")) == 1650  # a third panel, in absolute NDCG@10
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
+    assert "knowledge: cold_offset" in out  # the sweep's table
     args.name = "knowledge-synthetic-ablation-again.json"  # the same runs, resumed, written under another name
     assert main_from_args(args) == 0
     assert "0 run(s) to train (4 already done)" in capsys.readouterr().out

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from bench import compare
 from bench.compare import Arm, add_arguments, main_from_args, paired_bootstrap, slices
@@ -223,3 +224,34 @@ def test_a_kept_run_counts_only_with_the_settings_and_embeddings_its_arm_has_now
     assert not compare.kept_run_is_current(path, None, {**train, "epochs": train["epochs"] + 1})
     edited = {**train, "model": {**train["model"], "cold_head_share": 0.2}}  # an arm name reused for a new model
     assert not compare.kept_run_is_current(path, None, edited)
+
+
+def test_the_cold_offset_sweep_prices_the_cold_items_reach_in_warm_ranking():
+    from ranking.splits import cold_split
+
+    data, cold = cold_split(_data(users=60, items=30), 0.2)
+    is_cold = np.zeros(data.num_items + 1, dtype=bool)
+    is_cold[cold] = True
+    calls = []
+
+    def oracle_for_cold(histories, users):  # every user's target on top when cold, else just under every cold item
+        calls.append(len(users))
+        scores = torch.zeros(len(users), data.num_items + 1)
+        scores[:, torch.as_tensor(cold)] = 1.0
+        for row, user in enumerate(users):
+            target = data.test_target(user) if len(histories[row]) == len(data.sequences[user]) - 1 else \
+                data.valid_target(user)
+            scores[row, target] = 1.5 if is_cold[target] else 0.5
+        return scores
+
+    sweep = compare.cold_offset_sweep(data, oracle_for_cold, cold, offsets=(0.0, -2.0))
+    assert len(calls) == 2  # the model runs once per split, whatever the number of offsets
+    at_zero, pushed_down = (entry["test"] for entry in sweep)
+    assert at_zero["cold_targets"] == pytest.approx(1.0) and at_zero["warm_targets"] < 1.0  # cold items crowd the top
+    assert pushed_down["warm_targets"] == pytest.approx(1.0) and pushed_down["cold_targets"] < 1.0
+    assert [entry["offset"] for entry in sweep] == [0.0, -2.0] and sweep[1]["valid"]["all"] > 0
+    median = compare.median_sweep([sweep, sweep, [{**e, "test": {k: 0.0 for k in e["test"]}} for e in sweep]])
+    assert median[0]["test"] == at_zero and median[1]["valid"] == sweep[1]["valid"]
+    assert compare.median_sweep([sweep, None]) is None
+    table = compare.cold_offset_table({"arms": {"ids": {}, "knowledge": {"cold_offsets": median}}})
+    assert "knowledge: cold_offset" in table and "ids" not in table and table.count("(best on valid)") == 1

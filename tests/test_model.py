@@ -200,3 +200,22 @@ def test_the_cold_head_scores_cold_candidates_and_learns_without_moving_the_warm
 def test_a_cold_head_needs_side_embeddings():
     with pytest.raises(ValueError, match="cold_head_share needs side embeddings"):
         SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2, cold_head_share=0.2))
+
+
+def test_the_cold_offset_moves_cold_candidates_scores_alone_in_every_scoring_path():
+    torch.manual_seed(0)
+    side, cold = torch.randn(31, 5), torch.tensor([4, 9])
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_output=False, positions="rotary",
+                       window=4)
+    model = SequentialRanker(cfg, side, cold).eval()
+    offset = SequentialRanker(replace(cfg, cold_offset=-3.0), side, cold).eval()
+    offset.load_state_dict(model.state_dict())
+    history = torch.tensor([[3, 5, 7, 2, 8]])
+    with torch.no_grad():
+        shift = offset.score_last(history) - model.score_last(history)
+        expected = torch.zeros(31)
+        expected[cold] = -3.0
+        assert torch.allclose(shift[0], expected, atol=1e-5)
+        assert torch.allclose(offset(history)[:, -1], offset.score_last(history), atol=1e-5)
+        hidden = offset.prefill(history).hidden  # the serving path scores kept hidden states
+        assert torch.allclose(offset.scores(hidden), offset.score_last(history), atol=1e-5)

@@ -83,7 +83,7 @@ def score_users(ranker: LoadedRanker, users: Sequence[dict[str, Any]], top_k: in
     with torch.no_grad():
         if ranker.cache is not None:
             hidden = ranker.cache.hidden([str(user.get("user_id")) for user in users], histories, inferred)
-            scores = (hidden @ model.candidate_table().T).float()
+            scores = model.scores(hidden).float()
         else:
             extra = None if inferred is None else left_pad(inferred, model.cfg.extra_len).to(ranker.device)
             scores = model.score_last(left_pad(histories, model.cfg.max_len).to(ranker.device), extra).float()
