@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # the CLI builds its parser from this module: keep torch and 
 SPARSE_TRAIN_ITEMS = 20
 BOOTSTRAP_SAMPLES = 2000
 COLUMNS = ("HR@10", "NDCG@10", "HR@50", "NDCG@50", "MRR")
-COLD_OFFSETS = (0.0, -0.25, -0.5, -1.0, -2.0, -4.0)  # logits added to cold candidates' scores, in the sweep
+NOT_RANKED = -1e9  # a cold-candidate offset that keeps every cold item below every warm one
+COLD_OFFSETS = (0.0, -0.25, -0.5, -1.0, -2.0, -4.0, NOT_RANKED)  # added to cold candidates' scores in the sweep
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,12 @@ def _scored_once(scorer: Any) -> Any:
     return once
 
 
-def cold_offset_sweep(data: SequenceData, scorer: Any, cold: np.ndarray,
-                      offsets: Sequence[float] = COLD_OFFSETS) -> list[dict[str, Any]]:
-    """NDCG@10 of all users and of those whose target is warm or cold, on the validation and test splits, with
-    each of `offsets` added to the cold candidates' scores (as `model.cold_offset` would): what each step of
-    the cold items' reach costs the warm ranking. The model is run once per split."""
+def cold_offset_sweep(data: SequenceData, scorers: dict[str, Any], cold: np.ndarray,
+                      offsets: Sequence[float] = COLD_OFFSETS) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """NDCG@10 of all users and of those whose target is warm or cold, on the validation and test splits
+    (`scorers` by split), with each of `offsets` added to the cold candidates' scores (as `model.cold_offset`
+    would): what each step of the cold items' reach costs the warm ranking. Also the test ranks at the last
+    offset. The model is run once per split."""
     import torch
 
     from ranking.evaluate import rank_users
@@ -91,13 +93,13 @@ def cold_offset_sweep(data: SequenceData, scorer: Any, cold: np.ndarray,
     sweep: list[dict[str, Any]] = [{"offset": offset} for offset in offsets]
     for split, target in (("valid", data.valid_target), ("test", data.test_target)):
         cold_target = np.array([is_cold[target(user)] for user in range(len(data.sequences))])
-        once = _scored_once(scorer)
+        once = _scored_once(scorers[split])
         for entry in sweep:
-            ndcg = ndcg_at_10(rank_users(data, lambda h, u, s=once, o=entry["offset"]: s(h, u) + o * cold_columns,
-                                         split))
+            ranks = rank_users(data, lambda h, u, s=once, o=entry["offset"]: s(h, u) + o * cold_columns, split)
+            ndcg = ndcg_at_10(ranks)
             entry[split] = {"all": float(ndcg.mean()), "warm_targets": float(ndcg[~cold_target].mean()),
                             "cold_targets": float(ndcg[cold_target].mean())}
-    return sweep
+    return sweep, ranks
 
 
 def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
@@ -285,14 +287,17 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
                           extra=extras and extras["train"], valid_extra=extras and extras["valid"])
     scorer = model_scorer(result.model, result.device, extras and extras["test"])
     ranks = rank_users(data, scorer, "test")
-    sweep = None  # cold items that knowledge scores: what their reach costs
-    if side is not None and cold is not None and cold.size and not extras:
-        sweep = cold_offset_sweep(data, scorer, cold)
-    return {"cold_offsets": sweep, "arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
+    sweep, warm_only = None, None  # what the cold items' reach costs, and the ranking without them
+    if cold is not None and cold.size:
+        sweep, warm_only = cold_offset_sweep(data, {"test": scorer, "valid": model_scorer(
+            result.model, result.device, extras and extras["valid"])}, cold)
+        warm_only = warm_only.astype(int).tolist()
+    return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "history": result.history, "train_seconds": round(result.seconds, 1),
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
-            "ranks": ranks.astype(int).tolist(), "knowledge": knowledge}
+            "ranks": ranks.astype(int).tolist(), "knowledge": knowledge, "cold_offsets": sweep,
+            "warm_only_ranks": warm_only}
 
 
 def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float, str | None]) -> str:
@@ -363,6 +368,9 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
     masks = slices(data, cold)
     popularity = ndcg_at_10(rank_users(data, popularity_scorer(data, "test"), "test"))
     per_user = {arm.name: np.mean([ndcg_at_10(runs[arm.name, s]["ranks"]) for s in seeds], axis=0) for arm in arms}
+    warm_only = None  # every run ranked once more with the cold items left out: the warm ranking alone
+    if all(runs[arm.name, s].get("warm_only_ranks") is not None for arm in arms for s in seeds):
+        warm_only = {arm.name: [ndcg_at_10(runs[arm.name, s]["warm_only_ranks"]) for s in seeds] for arm in arms}
     table: dict[str, Any] = {}
     for arm in arms:
         tests = [runs[arm.name, s]["test"] for s in seeds]
@@ -381,6 +389,11 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
         if arm is not arms[0]:
             row["vs_" + arms[0].name] = {name: paired_bootstrap(per_user[arms[0].name][mask], per_user[arm.name][mask])
                                          for name, mask in masks.items()}
+        if warm_only is not None:
+            row["warm_only"] = {"NDCG@10": statistics.median(float(n.mean()) for n in warm_only[arm.name])}
+            if arm is not arms[0]:
+                row["warm_only"]["vs_" + arms[0].name] = paired_bootstrap(
+                    np.mean(warm_only[arms[0].name], axis=0), np.mean(warm_only[arm.name], axis=0))
         table[arm.name] = row
     return {"dataset": data.dataset, "fingerprint": data.fingerprint, "users": len(data.sequences),
             "seeds": list(seeds), "slice_users": {n: int(m.sum()) for n, m in masks.items()},
@@ -400,6 +413,23 @@ def median_sweep(sweeps: Sequence[list[dict[str, Any]] | None]) -> list[dict[str
             for entries in zip(*sweeps, strict=True)]
 
 
+def warm_only_table(summary: dict[str, Any]) -> str:
+    """Each arm's NDCG@10 with the cold items never ranked, and its difference to the first arm's with a
+    95% CI; empty unless every arm has it."""
+    arms = summary["arms"]
+    if not all("warm_only" in row for row in arms.values()):
+        return ""
+    base = next(iter(arms))
+    lines = ["", f"| arm, cold items never ranked | NDCG@10 | ΔNDCG@10 vs {base}, all users [95% CI] |",
+             "|---|---:|---:|"]
+    for name, row in arms.items():
+        versus = row["warm_only"].get("vs_" + base)
+        delta = "–" if versus is None else (f"{versus['relative_pct']:+.1f}% [{versus['relative_ci_pct'][0]:+.1f}, "
+                                            f"{versus['relative_ci_pct'][1]:+.1f}]")
+        lines.append(f"| {name} | {row['warm_only']['NDCG@10']:.4f} | {delta} |")
+    return "\n".join(lines)
+
+
 def cold_offset_table(summary: dict[str, Any]) -> str:
     """Per arm with a cold-offset sweep: median NDCG@10 at each offset, on test (and all users on validation,
     which is what picks an offset); empty when no arm has one."""
@@ -408,9 +438,10 @@ def cold_offset_table(summary: dict[str, Any]) -> str:
         if not row.get("cold_offsets"):
             continue
         best = max(row["cold_offsets"], key=lambda e: e["valid"]["all"])["offset"]
-        lines += [f"\n| {name}: cold_offset | valid, all users | test, all users | warm targets | cold targets |",
+        lines += ["", f"| {name}: cold_offset | valid, all users | test, all users | warm targets | cold targets |",
                   "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {e['offset']:+g}{' (best on valid)' if e['offset'] == best else ''} | {e['valid']['all']:.4f} | "
+        lines += [f"| {'not ranked' if e['offset'] == NOT_RANKED else format(e['offset'], '+g')}"
+                  f"{' (best on valid)' if e['offset'] == best else ''} | {e['valid']['all']:.4f} | "
                   f"{e['test']['all']:.4f} | {e['test']['warm_targets']:.4f} | {e['test']['cold_targets']:.4f} |"
                   for e in row["cold_offsets"]]
     return "\n".join(lines)
@@ -445,7 +476,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines.append(f"\n({summary['users']} users; " + ", ".join(f"{p.replace('_', ' ')} {users[p]}" for p in parts[1:])
                  + "; popularity NDCG@10 " + ", ".join(f"{p.replace('_', ' ')} {v:.4f}" for p, v in popularity.items())
                  + f"; device {summary['device']})")
-    return "\n".join(lines) + cold_offset_table(summary)
+    return "\n".join(lines + [table for table in (warm_only_table(summary), cold_offset_table(summary)) if table])
 
 
 def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -88,7 +88,9 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert result["embeddings_version"] == folder.name and result["knowledge_version"] == "k-test"
     assert result["arms"]["knowledge"]["model_config"]["side_mode"] == "gate"
     sweep = result["arms"]["knowledge"]["cold_offsets"]  # knowledge scores the cold items: what it costs
-    assert [e["offset"] for e in sweep] == list(COLD_OFFSETS) and result["arms"]["ids"]["cold_offsets"] is None
+    ids_sweep = result["arms"]["ids"]["cold_offsets"]  # IDs only: cold items' untrained embeddings, priced too
+    assert [e["offset"] for e in sweep] == list(COLD_OFFSETS) == [e["offset"] for e in ids_sweep]
+    assert "vs_ids" in result["arms"]["knowledge"]["warm_only"] and result["arms"]["ids"]["warm_only"]["NDCG@10"] > 0
     for run in (tmp_path / "work" / "runs").glob("knowledge-seed*.json"):  # offset 0 is the model as trained
         kept = json.loads(run.read_text())
         assert kept["cold_offsets"][0]["test"]["all"] == pytest.approx(kept["test"]["NDCG@10"], abs=1e-9)
@@ -106,7 +108,7 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     assert png_width(plot_ablation(altered, tmp_path / "cold.png")) == 1650  # a third panel, in absolute NDCG@10
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
-    assert "knowledge: cold_offset" in out  # the sweep's table
+    assert "knowledge: cold_offset" in out and "| arm, cold items never ranked |" in out  # the sweep's tables
     args.name = "knowledge-synthetic-ablation-again.json"  # the same runs, resumed, written under another name
     assert main_from_args(args) == 0
     assert "0 run(s) to train (4 already done)" in capsys.readouterr().out

@@ -234,24 +234,40 @@ def test_the_cold_offset_sweep_prices_the_cold_items_reach_in_warm_ranking():
     is_cold[cold] = True
     calls = []
 
-    def oracle_for_cold(histories, users):  # every user's target on top when cold, else just under every cold item
-        calls.append(len(users))
-        scores = torch.zeros(len(users), data.num_items + 1)
-        scores[:, torch.as_tensor(cold)] = 1.0
-        for row, user in enumerate(users):
-            target = data.test_target(user) if len(histories[row]) == len(data.sequences[user]) - 1 else \
-                data.valid_target(user)
-            scores[row, target] = 1.5 if is_cold[target] else 0.5
-        return scores
+    def oracle(target):  # each user's target on top when cold, else just under every cold item
+        def score(histories, users):
+            calls.append(len(users))
+            scores = torch.zeros(len(users), data.num_items + 1)
+            scores[:, torch.as_tensor(cold)] = 1.0
+            for row, user in enumerate(users):
+                scores[row, target(user)] = 1.5 if is_cold[target(user)] else 0.5
+            return scores
+        return score
 
-    sweep = compare.cold_offset_sweep(data, oracle_for_cold, cold, offsets=(0.0, -2.0))
+    sweep, not_ranked = compare.cold_offset_sweep(
+        data, {"valid": oracle(data.valid_target), "test": oracle(data.test_target)}, cold,
+        offsets=(0.0, -2.0, compare.NOT_RANKED))
     assert len(calls) == 2  # the model runs once per split, whatever the number of offsets
-    at_zero, pushed_down = (entry["test"] for entry in sweep)
+    at_zero, pushed_down, _ = (entry["test"] for entry in sweep)
     assert at_zero["cold_targets"] == pytest.approx(1.0) and at_zero["warm_targets"] < 1.0  # cold items crowd the top
     assert pushed_down["warm_targets"] == pytest.approx(1.0) and pushed_down["cold_targets"] < 1.0
-    assert [entry["offset"] for entry in sweep] == [0.0, -2.0] and sweep[1]["valid"]["all"] > 0
+    assert [entry["offset"] for entry in sweep] == [0.0, -2.0, compare.NOT_RANKED] and sweep[1]["valid"]["all"] > 0
+    test_cold = np.array([is_cold[data.test_target(u)] for u in range(len(data.sequences))])
+    warm_left = [len(set(np.flatnonzero(~is_cold[1:]) + 1) - set(data.sequences[u][:-1].tolist())) for u in
+                 range(len(data.sequences))]  # the warm candidates each user has not seen
+    assert (not_ranked[~test_cold] == 0).all()
+    assert all(not_ranked[u] >= warm_left[u] for u in np.flatnonzero(test_cold))  # every cold item below them all
     median = compare.median_sweep([sweep, sweep, [{**e, "test": {k: 0.0 for k in e["test"]}} for e in sweep]])
     assert median[0]["test"] == at_zero and median[1]["valid"] == sweep[1]["valid"]
     assert compare.median_sweep([sweep, None]) is None
     table = compare.cold_offset_table({"arms": {"ids": {}, "knowledge": {"cold_offsets": median}}})
     assert "knowledge: cold_offset" in table and "ids" not in table and table.count("(best on valid)") == 1
+    assert "| not ranked" in table
+
+
+def test_the_warm_only_table_compares_every_arm_with_the_cold_items_never_ranked():
+    versus = {"relative_pct": 4.0, "relative_ci_pct": [1.0, 7.0]}
+    arms = {"ids": {"warm_only": {"NDCG@10": 0.1}}, "knowledge": {"warm_only": {"NDCG@10": 0.104, "vs_ids": versus}}}
+    table = compare.warm_only_table({"arms": arms})
+    assert "| knowledge | 0.1040 | +4.0% [+1.0, +7.0] |" in table and "| ids | 0.1000 | – |" in table
+    assert compare.warm_only_table({"arms": {**arms, "old": {}}}) == ""  # an arm without it: no table
