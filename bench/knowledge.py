@@ -168,8 +168,9 @@ def zero_baseline_slices(result: dict[str, Any]) -> list[str]:
 
 def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     """A PNG: each arm's validation NDCG@10 per epoch (median over seeds; is the epoch budget enough?), each
-    arm's ΔNDCG@10 to the baseline in % with its 95% CI per slice, and the slices where the baseline scores 0
-    (cold items) in absolute NDCG@10 against popularity."""
+    arm's ΔNDCG@10 to the baseline in % with its 95% CI per slice, the slices where the baseline scores 0
+    (cold items) in absolute NDCG@10 against popularity, and, when every arm has its cold-offset sweep, what
+    each arm's cold items cost its ranking over all users."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,8 +180,9 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
     base = next(iter(arms))
     absolute = zero_baseline_slices(result)
     parts = [p for p in result["slice_users"] if p not in absolute]
-    fig, panels = plt.subplots(1, 2 + len(absolute), figsize=(12 + 3 * len(absolute), 4.5),
-                               gridspec_kw={"width_ratios": [4, 4] + [2] * len(absolute)})
+    tradeoff = all(row.get("cold_offsets") for row in arms.values())
+    fig, panels = plt.subplots(1, 2 + len(absolute) + tradeoff, figsize=(12 + 3 * len(absolute) + 4 * tradeoff, 4.5),
+                               gridspec_kw={"width_ratios": [4, 4] + [2] * len(absolute) + [4] * tradeoff})
     curves, deltas = panels[0], panels[1]
     colours = {name: f"C{index}" for index, name in enumerate(arms)}
     for name, row in arms.items():
@@ -206,7 +208,8 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
                                           for p in parts], fontsize=8)
     deltas.set_ylabel(f"ΔNDCG@10 vs {base}, % [95% CI]")
     deltas.legend(fontsize=8)
-    for cold, part in zip(panels[2:], absolute, strict=True):  # the baseline is 0: the difference's CI is the arm's own
+    # the baseline is 0 there: the difference's CI is the arm's own
+    for cold, part in zip(panels[2:2 + len(absolute)], absolute, strict=True):
         for index, name in enumerate(others):
             versus = arms[name]["vs_" + base][part]
             spread = [[max(0.0, versus["other"] - versus["ci_low"])], [max(0.0, versus["ci_high"] - versus["other"])]]
@@ -219,8 +222,24 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
         cold.set_xticks(range(len(others)), others, fontsize=8)
         cold.set_ylabel(f"NDCG@10 on {part.replace('_', ' ')} [95% CI]")
         cold.set_title(f"{part.replace('_', ' ')} ({result['slice_users'][part]} users; {base}: 0)", fontsize=9)
+    if tradeoff:
+        _plot_cold_tradeoff(panels[-1], arms, colours)
     fig.suptitle(f"{result['dataset']}: {len(result['seeds'])} seeds, cold items {result['cold_items']}", fontsize=10)
     return save_figure(fig, path)
+
+
+def _plot_cold_tradeoff(axis: Any, arms: dict[str, Any], colours: dict[str, str]) -> None:
+    """Test NDCG@10 over all users against that on cold-item targets, each arm's line running through its
+    cold-offset sweep, from the model as trained (circle) to its cold items never ranked."""
+    for name, row in arms.items():
+        cold = [entry["test"]["cold_targets"] for entry in row["cold_offsets"]]
+        every = [entry["test"]["all"] for entry in row["cold_offsets"]]
+        axis.plot(cold, every, marker=".", color=colours[name], label=name)
+        axis.plot(cold[:1], every[:1], marker="o", color=colours[name])
+    axis.set_xlabel("NDCG@10 on cold-item targets (test, median of seeds)")
+    axis.set_ylabel("NDCG@10, all users (test, median of seeds)")
+    axis.set_title("cold candidates offset: 0 (circle) down to never ranked", fontsize=9)
+    axis.legend(fontsize=8)
 
 
 def markdown_goals(verdicts: list[dict[str, Any]]) -> str:

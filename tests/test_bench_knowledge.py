@@ -99,13 +99,16 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     goals = {v["goal"] for v in result["goals"]}
     assert any(g.startswith("knowledge: ΔNDCG@10") for g in goals) and any("cold" in g for g in goals)
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert png_width(tmp_path / "ablation.png") == 1320  # curves and relative differences: two panels
+    assert png_width(tmp_path / "ablation.png") == 1760  # curves, relative differences and the cold items' cost
     altered = json.loads(json.dumps(result))
     cold = altered["arms"]["knowledge"]["vs_ids"]["cold_items"]  # as on ML-1M, where IDs only scores 0 there
     cold.update(base=0.0, diff=cold["other"], ci_low=cold["ci_low"] + cold["base"],
                 ci_high=cold["ci_high"] + cold["base"])
     assert zero_baseline_slices(altered) == ["cold_items"]
-    assert png_width(plot_ablation(altered, tmp_path / "cold.png")) == 1650  # a third panel, in absolute NDCG@10
+    assert png_width(plot_ablation(altered, tmp_path / "cold.png")) == 2090  # one more panel, in absolute NDCG@10
+    for row in altered["arms"].values():
+        row["cold_offsets"] = None  # runs from before the sweep: no panel for it
+    assert png_width(plot_ablation(altered, tmp_path / "no-sweep.png")) == 1650
     out = capsys.readouterr().out
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
     assert "knowledge: cold_offset" in out and "| arm, cold items never ranked |" in out  # the sweep's tables
