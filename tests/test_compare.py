@@ -266,8 +266,11 @@ def test_the_cold_offset_sweep_prices_the_cold_items_reach_in_warm_ranking():
 
 
 def test_the_warm_only_table_compares_every_arm_with_the_cold_items_never_ranked():
-    versus = {"relative_pct": 4.0, "relative_ci_pct": [1.0, 7.0]}
+    versus = {"all": {"relative_pct": 4.0, "relative_ci_pct": [1.0, 7.0]},
+              "tail_items": {"relative_pct": -2.0, "relative_ci_pct": [-9.0, 5.0]}}
     arms = {"ids": {"warm_only": {"NDCG@10": 0.1}}, "knowledge": {"warm_only": {"NDCG@10": 0.104, "vs_ids": versus}}}
-    table = compare.warm_only_table({"arms": arms})
-    assert "| knowledge | 0.1040 | +4.0% [+1.0, +7.0] |" in table and "| ids | 0.1000 | – |" in table
-    assert compare.warm_only_table({"arms": {**arms, "old": {}}}) == ""  # an arm without it: no table
+    summary = {"arms": arms, "slice_users": {"all": 900, "tail_items": 80, "cold_items": 90}}
+    table = compare.warm_only_table(summary)
+    assert "| knowledge | 0.1040 | +4.0% [+1.0, +7.0] | -2.0% [-9.0, +5.0] |" in table
+    assert "| ids | 0.1000 | – | – |" in table and "| cold items |" not in table  # nobody ranks them there
+    assert compare.warm_only_table({**summary, "arms": {**arms, "old": {}}}) == ""  # an arm without it: no table
