@@ -219,7 +219,7 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
             cold.axhline(popularity, color="black", linestyle="--", linewidth=1, label=f"popularity {popularity:.4f}")
             cold.legend(fontsize=8)
         cold.set_xlim(-0.8, len(others) - 0.2)
-        cold.set_xticks(range(len(others)), others, fontsize=8)
+        cold.set_xticks(range(len(others)), others, fontsize=8, rotation=20, ha="right")
         cold.set_ylabel(f"NDCG@10 on {part.replace('_', ' ')} [95% CI]")
         cold.set_title(f"{part.replace('_', ' ')} ({result['slice_users'][part]} users; {base}: 0)", fontsize=9)
     if tradeoff:
