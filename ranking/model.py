@@ -12,7 +12,8 @@ The backbone every ablation shares. Two optional inputs, off by default:
   `cold_items` (never seen in training) are represented by their side vector alone; `id_dropout` trains
   that path by hiding a random share of ID embeddings at each step. `cold_head_share` > 0 instead gives
   cold candidates a projection of their own, trained on detached states against the warm candidates as
-  they are scored, so the warm model trains exactly as without it.
+  they are scored, so the warm model trains exactly as without it. `cold_offset` shifts the cold
+  candidates' scores when ranking: how much reach items nobody has seen yet get.
 """
 
 from __future__ import annotations
