@@ -291,8 +291,8 @@ class SequentialRanker(nn.Module):
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits (…, N+1) of hidden states (…, dim) over the whole catalogue, cold candidates offset by
-        `cold_offset`: how far a cold item, scored from knowledge alone, must outscore a warm one to rank
-        above it."""
+        `cold_offset`: how far a cold item (never seen in training) must outscore a warm one to rank above
+        it."""
         logits = hidden @ self.candidate_table().T
         return logits + self.cfg.cold_offset * self.cold if self.cfg.cold_offset else logits
 
