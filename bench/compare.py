@@ -285,7 +285,7 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
     result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side,
                           cold_items=None if cold is None or not cold.size else cold.tolist(),
                           extra=extras and extras["train"], valid_extra=extras and extras["valid"])
-    scorer = model_scorer(result.model, result.device, extras and extras["test"])
+    scorer = _scored_once(model_scorer(result.model, result.device, extras and extras["test"]))  # the sweep reuses it
     ranks = rank_users(data, scorer, "test")
     sweep, warm_only = None, None  # what the cold items' reach costs, and the ranking without them
     if cold is not None and cold.size:
