@@ -78,11 +78,11 @@ def _scored_once(scorer: Any) -> Any:
 
 
 def cold_offset_sweep(data: SequenceData, scorers: dict[str, Any], cold: np.ndarray,
-                      offsets: Sequence[float] = COLD_OFFSETS) -> tuple[list[dict[str, Any]], np.ndarray]:
+                      offsets: Sequence[float] = COLD_OFFSETS) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """NDCG@10 of all users and of those whose target is warm or cold, on the validation and test splits
     (`scorers` by split), with each of `offsets` added to the cold candidates' scores (as `model.cold_offset`
-    would): what each step of the cold items' reach costs the warm ranking. Also the test ranks at the last
-    offset. The model is run once per split."""
+    would): what each step of the cold items' reach costs the warm ranking. Also the test ranks at each
+    offset, for intervals. The model is run once per split."""
     import torch
 
     from ranking.evaluate import rank_users
@@ -94,12 +94,31 @@ def cold_offset_sweep(data: SequenceData, scorers: dict[str, Any], cold: np.ndar
     for split, target in (("valid", data.valid_target), ("test", data.test_target)):
         cold_target = np.array([is_cold[target(user)] for user in range(len(data.sequences))])
         once = _scored_once(scorers[split])
+        test_ranks = []
         for entry in sweep:
             ranks = rank_users(data, lambda h, u, s=once, o=entry["offset"]: s(h, u) + o * cold_columns, split)
             ndcg = ndcg_at_10(ranks)
             entry[split] = {"all": float(ndcg.mean()), "warm_targets": float(ndcg[~cold_target].mean()),
                             "cold_targets": float(ndcg[cold_target].mean())}
-    return sweep, ranks
+            test_ranks.append(ranks)
+    return sweep, test_ranks
+
+
+def reach_offset(sweep: list[dict[str, Any]], floor: float) -> float:
+    """The cold offset that gives cold items the most reach while the validation NDCG@10 of all users stays
+    at or above `floor` (the baseline arm's): new items shown as much as they can be at no cost to the warm
+    ranking. The offset best on validation when none holds the floor."""
+    holding = [entry["offset"] for entry in sweep if entry["valid"]["all"] >= floor]
+    return max(holding) if holding else max(sweep, key=lambda entry: entry["valid"]["all"])["offset"]
+
+
+def ranks_at_offset(run: dict[str, Any], offset: float) -> list[int] | None:
+    """A run's test ranks with `offset` added to its cold candidates' scores, when the run kept them (runs
+    kept before every offset's ranks were: only those with the cold items never ranked)."""
+    if run.get("cold_offset_ranks") is not None:
+        offsets = [entry["offset"] for entry in run["cold_offsets"]]
+        return run["cold_offset_ranks"][offsets.index(offset)] if offset in offsets else None
+    return run.get("warm_only_ranks") if offset == NOT_RANKED else None
 
 
 def paired_bootstrap(base: np.ndarray, other: np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
@@ -287,17 +306,17 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
                           extra=extras and extras["train"], valid_extra=extras and extras["valid"])
     scorer = _scored_once(model_scorer(result.model, result.device, extras and extras["test"]))  # the sweep reuses it
     ranks = rank_users(data, scorer, "test")
-    sweep, warm_only = None, None  # what the cold items' reach costs, and the ranking without them
+    sweep, sweep_ranks = None, None  # what each step of the cold items' reach costs, user by user
     if cold is not None and cold.size:
-        sweep, warm_only = cold_offset_sweep(data, {"test": scorer, "valid": model_scorer(
+        sweep, per_offset = cold_offset_sweep(data, {"test": scorer, "valid": model_scorer(
             result.model, result.device, extras and extras["valid"])}, cold)
-        warm_only = warm_only.astype(int).tolist()
+        sweep_ranks = [offset_ranks.astype(int).tolist() for offset_ranks in per_offset]
     return {"arm": arm.name, "config": arm.config, "seed": seed, "train_config": cfg.to_dict(),
             "model_config": result.model_config.to_dict(), "best_epoch": result.best_epoch,
             "epochs_run": len(result.history), "history": result.history, "train_seconds": round(result.seconds, 1),
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
             "ranks": ranks.astype(int).tolist(), "knowledge": knowledge, "cold_offsets": sweep,
-            "warm_only_ranks": warm_only}
+            "cold_offset_ranks": sweep_ranks}
 
 
 def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float, str | None]) -> str:
@@ -369,8 +388,9 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
     popularity = ndcg_at_10(rank_users(data, popularity_scorer(data, "test"), "test"))
     per_user = {arm.name: np.mean([ndcg_at_10(runs[arm.name, s]["ranks"]) for s in seeds], axis=0) for arm in arms}
     warm_only = None  # every run ranked once more with the cold items left out: the warm ranking alone
-    if all(runs[arm.name, s].get("warm_only_ranks") is not None for arm in arms for s in seeds):
-        warm_only = {arm.name: [ndcg_at_10(runs[arm.name, s]["warm_only_ranks"]) for s in seeds] for arm in arms}
+    if all(ranks_at_offset(runs[arm.name, s], NOT_RANKED) is not None for arm in arms for s in seeds):
+        warm_only = {arm.name: [ndcg_at_10(ranks_at_offset(runs[arm.name, s], NOT_RANKED)) for s in seeds]
+                     for arm in arms}
     table: dict[str, Any] = {}
     for arm in arms:
         tests = [runs[arm.name, s]["test"] for s in seeds]
@@ -396,11 +416,38 @@ def summarise(data: SequenceData, arms: Sequence[Arm], seeds: Sequence[int], out
                 row["warm_only"]["vs_" + arms[0].name] = {name: paired_bootstrap(base[mask], other[mask])
                                                           for name, mask in masks.items() if name != "cold_items"}
         table[arm.name] = row
+    add_cold_reach(table, runs, seeds, per_user, masks)
     return {"dataset": data.dataset, "fingerprint": data.fingerprint, "users": len(data.sequences),
             "seeds": list(seeds), "slice_users": {n: int(m.sum()) for n, m in masks.items()},
             "cold_items": 0 if cold is None else int(cold.size),
             "popularity_ndcg10": {name: float(popularity[mask].mean()) for name, mask in masks.items()},
             "device": runs[arms[0].name, seeds[0]]["device"], "arms": table}
+
+
+def add_cold_reach(rows: dict[str, dict[str, Any]], runs: dict[tuple[str, int], dict[str, Any]],
+                   seeds: Sequence[int], per_user: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+    """To each arm after the first with a cold-offset sweep and its ranks, the offset `reach_offset` picks
+    against the first arm's validation NDCG@10 as trained, and its test NDCG@10 there against the first arm's
+    as ranked: the arm's difference with a 95% CI per slice, cold-item targets included."""
+    base = next(iter(rows))
+    base_sweep = rows[base].get("cold_offsets")
+    if not base_sweep:
+        return
+    floor = next(entry["valid"]["all"] for entry in base_sweep if entry["offset"] == 0)
+    for name, row in rows.items():
+        if name == base or not row.get("cold_offsets"):
+            continue
+        offset = reach_offset(row["cold_offsets"], floor)
+        ranks = [ranks_at_offset(runs[name, seed], offset) for seed in seeds]
+        if any(r is None for r in ranks):
+            continue
+        at_offset = np.mean([ndcg_at_10(r) for r in ranks], axis=0)
+        entry = next(entry for entry in row["cold_offsets"] if entry["offset"] == offset)
+        row["cold_reach"] = {
+            "offset": offset, "valid_floor": floor, "valid": entry["valid"]["all"], "NDCG@10": entry["test"]["all"],
+            "cold_targets": entry["test"]["cold_targets"],
+            "vs_" + base: {part: paired_bootstrap(per_user[base][mask], at_offset[mask])
+                           for part, mask in masks.items()}}
 
 
 def median_sweep(sweeps: Sequence[list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
@@ -450,6 +497,31 @@ def cold_offset_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cold_reach_table(summary: dict[str, Any]) -> str:
+    """Per arm with a reach offset: where the rule put it, and the arm's NDCG@10 there against the first arm's as
+    ranked, with a 95% CI per slice (cold-item targets in absolute terms: the first arm scores 0 there)."""
+    arms = summary["arms"]
+    base = next(iter(arms))
+    reached = {name: row["cold_reach"] for name, row in arms.items() if "cold_reach" in row}
+    if not reached:
+        return ""
+    parts = list(summary["slice_users"])
+    lines = ["", f"| arm, most cold reach with validation ≥ {base} | cold_offset | NDCG@10 | ΔNDCG@10 vs {base}, "
+             + " | ".join(p.replace("_", " ") for p in parts) + " |", "|---|---:|---:|" + "---:|" * len(parts)]
+    for name, reach in reached.items():
+        cells = []
+        for part in parts:
+            versus = reach["vs_" + base][part]
+            if versus["relative_pct"] is None:
+                cells.append(f"{versus['other']:.4f} (Δ [{versus['ci_low']:+.4f}, {versus['ci_high']:+.4f}])")
+            else:
+                low, high = versus["relative_ci_pct"]
+                cells.append(f"{versus['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
+        offset = "not ranked" if reach["offset"] == NOT_RANKED else format(reach["offset"], "+g")
+        lines.append(f"| {name} | {offset} | {reach['NDCG@10']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(summary: dict[str, Any]) -> str:
     """Medians per arm, and each arm's NDCG@10 difference to the first with its 95% CI, per slice."""
     arms = list(summary["arms"])
@@ -479,7 +551,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     lines.append(f"\n({summary['users']} users; " + ", ".join(f"{p.replace('_', ' ')} {users[p]}" for p in parts[1:])
                  + "; popularity NDCG@10 " + ", ".join(f"{p.replace('_', ' ')} {v:.4f}" for p, v in popularity.items())
                  + f"; device {summary['device']})")
-    return "\n".join(lines + [table for table in (warm_only_table(summary), cold_offset_table(summary)) if table])
+    return "\n".join(lines + [table for table in (warm_only_table(summary), cold_offset_table(summary),
+                                                   cold_reach_table(summary)) if table])
 
 
 def run_comparison(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

@@ -94,6 +94,11 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
     for run in (tmp_path / "work" / "runs").glob("knowledge-seed*.json"):  # offset 0 is the model as trained
         kept = json.loads(run.read_text())
         assert kept["cold_offsets"][0]["test"]["all"] == pytest.approx(kept["test"]["NDCG@10"], abs=1e-9)
+        assert kept["cold_offset_ranks"][0] == kept["ranks"] and len(kept["cold_offset_ranks"]) == len(COLD_OFFSETS)
+    reach = result["arms"]["knowledge"]["cold_reach"]  # the reach rule's offset, with intervals per slice
+    assert reach["offset"] in COLD_OFFSETS and "cold_reach" not in result["arms"]["ids"]
+    assert reach["valid_floor"] == result["arms"]["ids"]["cold_offsets"][0]["valid"]["all"]
+    assert set(reach["vs_ids"]) == set(result["slice_users"])
     assert [len(c) for c in result["arms"]["ids"]["valid_ndcg10_curves"].values()] == [1, 1]  # one epoch per seed
     assert result["git_commit"] and result["command"]
     goals = {v["goal"] for v in result["goals"]}
@@ -110,6 +115,7 @@ def test_a_tiny_ablation_with_a_knowledge_arm_writes_its_table_cold_slice_and_go
         row["cold_offsets"] = None  # runs from before the sweep: no panel for it
     assert png_width(plot_ablation(altered, tmp_path / "no-sweep.png")) == 1650
     out = capsys.readouterr().out
+    assert "most cold reach with validation ≥ ids" in out  # the reach table beside the others
     assert "ΔNDCG@10 vs ids" in out and ("MISSED: knowledge" in out or "met: knowledge" in out)
     assert "knowledge: cold_offset" in out and "| arm, cold items never ranked |" in out  # the sweep's tables
     args.name = "knowledge-synthetic-ablation-again.json"  # the same runs, resumed, written under another name

@@ -244,10 +244,13 @@ def test_the_cold_offset_sweep_prices_the_cold_items_reach_in_warm_ranking():
             return scores
         return score
 
-    sweep, not_ranked = compare.cold_offset_sweep(
+    sweep, ranks = compare.cold_offset_sweep(
         data, {"valid": oracle(data.valid_target), "test": oracle(data.test_target)}, cold,
         offsets=(0.0, -2.0, compare.NOT_RANKED))
     assert len(calls) == 2  # the model runs once per split, whatever the number of offsets
+    assert len(ranks) == 3 and all(entry["test"]["all"] == pytest.approx(compare.ndcg_at_10(r).mean())
+                                   for entry, r in zip(sweep, ranks, strict=True))  # each offset's ranks, kept
+    not_ranked = ranks[-1]
     at_zero, pushed_down, _ = (entry["test"] for entry in sweep)
     assert at_zero["cold_targets"] == pytest.approx(1.0) and at_zero["warm_targets"] < 1.0  # cold items crowd the top
     assert pushed_down["warm_targets"] == pytest.approx(1.0) and pushed_down["cold_targets"] < 1.0
@@ -274,3 +277,46 @@ def test_the_warm_only_table_compares_every_arm_with_the_cold_items_never_ranked
     assert "| knowledge | 0.1040 | +4.0% [+1.0, +7.0] | -2.0% [-9.0, +5.0] |" in table
     assert "| ids | 0.1000 | – | – |" in table and "| cold items |" not in table  # nobody ranks them there
     assert compare.warm_only_table({**summary, "arms": {**arms, "old": {}}}) == ""  # an arm without it: no table
+
+
+def _sweep(valid_all: list[float]) -> list[dict]:
+    offsets = (0.0, -0.5, -2.0, compare.NOT_RANKED)
+    return [{"offset": o, "valid": {"all": v}, "test": {"all": v + 0.01, "cold_targets": 0.1 / (1 + i)}}
+            for i, (o, v) in enumerate(zip(offsets, valid_all, strict=True))]
+
+
+def test_the_reach_rule_shows_cold_items_as_much_as_validation_allows_against_the_baseline():
+    sweep = _sweep([0.08, 0.095, 0.10, 0.10])
+    assert compare.reach_offset(sweep, floor=0.09) == -0.5  # the most reach that still holds the floor
+    assert compare.reach_offset(sweep, floor=0.07) == 0.0  # as trained already holds it
+    assert compare.reach_offset(sweep, floor=0.2) == -2.0  # none holds it: the best on validation
+    run = {"cold_offsets": sweep, "cold_offset_ranks": [[0], [1], [2], [3]]}
+    assert compare.ranks_at_offset(run, -2.0) == [2] and compare.ranks_at_offset(run, -3.0) is None
+    old = {"cold_offsets": sweep, "warm_only_ranks": [7]}  # a run kept from before every offset's ranks were
+    assert compare.ranks_at_offset(old, compare.NOT_RANKED) == [7] and compare.ranks_at_offset(old, -0.5) is None
+
+
+def test_the_cold_reach_is_compared_with_the_baseline_as_ranked_with_an_interval_per_slice():
+    users = 400
+    rng = np.random.default_rng(3)
+    masks = {"all": np.ones(users, dtype=bool), "cold_items": np.arange(users) < 40}
+    base_ranks = np.where(masks["cold_items"], 500, rng.integers(0, 30, users))  # the baseline never ranks cold
+    better = np.where(masks["cold_items"], 3, np.maximum(0, base_ranks - 2))  # at -0.5: higher for every user
+    worse = np.full(users, 900)  # as trained: the cold items crowd every warm target out
+    rows = {"ids": {"cold_offsets": _sweep([0.09, 0.09, 0.09, 0.09])},
+            "knowledge": {"cold_offsets": _sweep([0.08, 0.095, 0.10, 0.10])}, "plain": {}}
+    runs = {("ids", 1): {}, ("knowledge", 1): {"cold_offsets": rows["knowledge"]["cold_offsets"],
+                                               "cold_offset_ranks": [worse, better, base_ranks, base_ranks]}}
+    per_user = {"ids": compare.ndcg_at_10(base_ranks)}
+    compare.add_cold_reach(rows, runs, [1], per_user, masks)
+    reach = rows["knowledge"]["cold_reach"]
+    assert reach["offset"] == -0.5 and reach["valid_floor"] == 0.09 and "cold_reach" not in rows["plain"]
+    assert reach["vs_ids"]["all"]["ci_low"] > 0 and reach["vs_ids"]["cold_items"]["base"] == 0
+    assert reach["vs_ids"]["cold_items"]["other"] == pytest.approx(compare.ndcg_at_10(np.array([3])).item())
+    table = compare.cold_reach_table({"arms": rows, "slice_users": {"all": users, "cold_items": 40}})
+    assert "| knowledge | -0.5 | 0.1050 | +" in table and "| plain" not in table
+    assert "0.4307 (Δ [+0.4307, +0.4307])" in table  # cold items, where the baseline scores 0: absolute
+    rows["ids"]["cold_offsets"] = None  # a baseline without a sweep: no floor, no reach
+    del rows["knowledge"]["cold_reach"]
+    compare.add_cold_reach(rows, runs, [1], per_user, masks)
+    assert "cold_reach" not in rows["knowledge"] and compare.cold_reach_table({"arms": rows, "slice_users": {}}) == ""
