@@ -518,6 +518,8 @@ def cold_reach_table(summary: dict[str, Any]) -> str:
                 low, high = versus["relative_ci_pct"]
                 cells.append(f"{versus['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
         offset = "not ranked" if reach["offset"] == NOT_RANKED else format(reach["offset"], "+g")
+        if reach["valid"] < reach["valid_floor"]:
+            offset += " (no offset holds the floor: best on valid)"
         lines.append(f"| {name} | {offset} | {reach['NDCG@10']:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
