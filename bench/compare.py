@@ -529,8 +529,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     arms = list(summary["arms"])
     base = arms[0]
     seeds = len(summary["seeds"])
+    over = "one seed" if seeds == 1 else f"median of {seeds} seeds"
     parts = list(summary["slice_users"])
-    lines = [f"| arm ({summary['dataset']}, median of {seeds} seeds) | " + " | ".join(COLUMNS)
+    lines = [f"| arm ({summary['dataset']}, {over}) | " + " | ".join(COLUMNS)
              + f" | ΔNDCG@10 vs {base}, all users [95% CI] | "
              + " | ".join(p.replace("_", " ") for p in parts[1:]) + " |",
              "|---|" + "---:|" * (len(COLUMNS) + len(parts))]

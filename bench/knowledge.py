@@ -224,7 +224,9 @@ def plot_ablation(result: dict[str, Any], path: str | Path) -> Path:
         cold.set_title(f"{part.replace('_', ' ')} ({result['slice_users'][part]} users; {base}: 0)", fontsize=9)
     if tradeoff:
         _plot_cold_tradeoff(panels[-1], arms, colours)
-    fig.suptitle(f"{result['dataset']}: {len(result['seeds'])} seeds, cold items {result['cold_items']}", fontsize=10)
+    seeds = len(result["seeds"])
+    fig.suptitle(f"{result['dataset']}: {seeds} seed{'s' * (seeds != 1)}, cold items {result['cold_items']}",
+                 fontsize=10)
     return save_figure(fig, path)
 
 

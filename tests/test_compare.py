@@ -85,7 +85,7 @@ def test_a_tiny_comparison_trains_resumes_and_writes_its_table(tmp_path, capsys)
     assert "0 run(s) to train (4 already done)" in capsys.readouterr().out
 
 
-def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path):
+def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path, capsys):
     sequences = save_sequences(_data(users=60), tmp_path / "synthetic.npz")
     (tmp_path / "a.yaml").write_text("model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\n"
                                      "train:\n  epochs: 1\n  batch_size: 16\n  patience: 1\n  device: cpu\n")
@@ -99,6 +99,7 @@ def test_a_cold_split_adds_a_cold_slice_and_popularity_on_every_slice(tmp_path):
     assert result["cold_items"] == 9 and result["slice_users"]["cold_items"] > 0
     assert set(result["popularity_ndcg10"]) == {"all", "sparse_users", "tail_items", "cold_items"}
     assert "cold_items" in result["arms"]["b"]["vs_a"]
+    assert "| arm (synthetic, one seed) |" in capsys.readouterr().out  # no median of a single seed
 
 
 TINY_RANKER = ("model:\n  max_len: 6\n  dim: 8\n  layers: 1\n  heads: 1\ntrain:\n  epochs: 1\n  batch_size: 16\n"
