@@ -91,16 +91,17 @@ def cold_offset_sweep(data: SequenceData, scorers: dict[str, Any], cold: np.ndar
     is_cold[cold] = True
     cold_columns = torch.as_tensor(is_cold, dtype=torch.float32)
     sweep: list[dict[str, Any]] = [{"offset": offset} for offset in offsets]
+    test_ranks: list[np.ndarray] = []
     for split, target in (("valid", data.valid_target), ("test", data.test_target)):
         cold_target = np.array([is_cold[target(user)] for user in range(len(data.sequences))])
         once = _scored_once(scorers[split])
-        test_ranks = []
         for entry in sweep:
             ranks = rank_users(data, lambda h, u, s=once, o=entry["offset"]: s(h, u) + o * cold_columns, split)
             ndcg = ndcg_at_10(ranks)
             entry[split] = {"all": float(ndcg.mean()), "warm_targets": float(ndcg[~cold_target].mean()),
                             "cold_targets": float(ndcg[cold_target].mean())}
-            test_ranks.append(ranks)
+            if split == "test":
+                test_ranks.append(ranks)
     return sweep, test_ranks
 
 
