@@ -462,6 +462,15 @@ def median_sweep(sweeps: Sequence[list[dict[str, Any]] | None]) -> list[dict[str
             for entries in zip(*sweeps, strict=True)]
 
 
+def difference_cell(versus: dict[str, float]) -> str:
+    """A paired bootstrap as a table cell: the relative difference with its 95% CI, or the absolute one where
+    the base scores 0 (cold items for IDs only)."""
+    if versus["relative_pct"] is None:
+        return f"{versus['diff']:+.4f} [{versus['ci_low']:+.4f}, {versus['ci_high']:+.4f}] abs."
+    low, high = versus["relative_ci_pct"]
+    return f"{versus['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]"
+
+
 def warm_only_table(summary: dict[str, Any]) -> str:
     """Each arm's NDCG@10 with the cold items never ranked, and its difference to the first arm's with a
     95% CI per slice (cold-item targets aside: nobody ranks them); empty unless every arm has it."""
@@ -474,9 +483,7 @@ def warm_only_table(summary: dict[str, Any]) -> str:
              + " | ".join(p.replace("_", " ") for p in parts) + " |", "|---|---:|" + "---:|" * len(parts)]
     for name, row in arms.items():
         versus = row["warm_only"].get("vs_" + base)
-        cells = ["–"] * len(parts) if versus is None else [
-            f"{versus[p]['relative_pct']:+.1f}% [{versus[p]['relative_ci_pct'][0]:+.1f}, "
-            f"{versus[p]['relative_ci_pct'][1]:+.1f}]" for p in parts]
+        cells = ["–"] * len(parts) if versus is None else [difference_cell(versus[p]) for p in parts]
         lines.append(f"| {name} | {row['warm_only']['NDCG@10']:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -500,7 +507,7 @@ def cold_offset_table(summary: dict[str, Any]) -> str:
 
 def cold_reach_table(summary: dict[str, Any]) -> str:
     """Per arm with a reach offset: where the rule put it, and the arm's NDCG@10 there against the first arm's as
-    ranked, with a 95% CI per slice (cold-item targets in absolute terms: the first arm scores 0 there)."""
+    ranked, with a 95% CI per slice."""
     arms = summary["arms"]
     base = next(iter(arms))
     reached = {name: row["cold_reach"] for name, row in arms.items() if "cold_reach" in row}
@@ -510,14 +517,7 @@ def cold_reach_table(summary: dict[str, Any]) -> str:
     lines = ["", f"| arm, most cold reach with validation ≥ {base} | cold_offset | NDCG@10 | ΔNDCG@10 vs {base}, "
              + " | ".join(p.replace("_", " ") for p in parts) + " |", "|---|---:|---:|" + "---:|" * len(parts)]
     for name, reach in reached.items():
-        cells = []
-        for part in parts:
-            versus = reach["vs_" + base][part]
-            if versus["relative_pct"] is None:
-                cells.append(f"{versus['other']:.4f} (Δ [{versus['ci_low']:+.4f}, {versus['ci_high']:+.4f}])")
-            else:
-                low, high = versus["relative_ci_pct"]
-                cells.append(f"{versus['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
+        cells = [difference_cell(reach["vs_" + base][part]) for part in parts]
         offset = "not ranked" if reach["offset"] == NOT_RANKED else format(reach["offset"], "+g")
         if reach["valid"] < reach["valid_floor"]:
             offset += " (no offset holds the floor: best on valid)"
@@ -540,15 +540,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
         row = summary["arms"][name]
         cells = [f"{row['median'][c]:.4f}" for c in COLUMNS]
         versus = row.get("vs_" + base)
-        for part in parts:
-            if versus is None:
-                cells.append("–")
-            elif versus[part]["relative_pct"] is None:  # the base scores 0 there: say the absolute difference
-                b = versus[part]
-                cells.append(f"{b['diff']:+.4f} [{b['ci_low']:+.4f}, {b['ci_high']:+.4f}] abs.")
-            else:
-                low, high = versus[part]["relative_ci_pct"]
-                cells.append(f"{versus[part]['relative_pct']:+.1f}% [{low:+.1f}, {high:+.1f}]")
+        cells += ["–" if versus is None else difference_cell(versus[part]) for part in parts]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     users = summary["slice_users"]
     popularity = summary.get("popularity_ndcg10", {})

@@ -316,7 +316,7 @@ def test_the_cold_reach_is_compared_with_the_baseline_as_ranked_with_an_interval
     assert reach["vs_ids"]["cold_items"]["other"] == pytest.approx(compare.ndcg_at_10(np.array([3])).item())
     table = compare.cold_reach_table({"arms": rows, "slice_users": {"all": users, "cold_items": 40}})
     assert "| knowledge | -0.5 | 0.1050 | +" in table and "| plain" not in table
-    assert "0.4307 (Δ [+0.4307, +0.4307])" in table  # cold items, where the baseline scores 0: absolute
+    assert "+0.4307 [+0.4307, +0.4307] abs." in table  # cold items, where the baseline scores 0: absolute
     assert "holds the floor" not in table
     rows["knowledge"]["cold_reach"].update(offset=-2.0, valid=0.085)  # below the floor everywhere: said so
     assert "| -2 (no offset holds the floor: best on valid) |" in compare.cold_reach_table(
