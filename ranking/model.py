@@ -6,9 +6,11 @@ The backbone every ablation shares. Two optional inputs, off by default:
 - per-item side embeddings (e.g. knowledge vectors), projected into the ID space and fused with the
   ID embeddings on the input and (unless `side_output` is off, when warm candidates are scored by their ID
   embedding alone) the output side: added (`side_mode="add"`) or mixed by a
-  learned per-dimension gate (`"gate"`); `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling
-  each item's ID embedding towards its projected side vector, and `side_loss_weight` > 0 a second next-item
-  loss scored against the projected side vectors alone (the candidates cold items are). Items in
+  learned per-dimension gate (`"gate"`), or (`"init"`) used only to seed the ID table before training (its
+  leading principal components, at the ID embeddings' own scale), the model then being ID-only;
+  `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling each item's ID embedding towards its
+  projected side vector, and `side_loss_weight` > 0 a second next-item loss scored against the projected
+  side vectors alone (the candidates cold items are). Items in
   `cold_items` (never seen in training) are represented by their side vector alone; `id_dropout` trains
   that path by hiding a random share of ID embeddings at each step. `cold_head_share` > 0 instead gives
   cold candidates a projection of their own, trained on detached states against the warm candidates as
@@ -38,7 +40,7 @@ class RankerConfig:
     dropout: float = 0.2
     extra_len: int = 0
     side_dim: int = 0
-    side_mode: str = "add"  # add | gate
+    side_mode: str = "add"  # add | gate | init (side vectors seed the ID table; no fusion)
     align_weight: float = 0.0
     align_temperature: float = 0.1
     id_dropout: float = 0.0  # training only: this share of items per step is seen through its side vector alone
@@ -69,6 +71,18 @@ class RankerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def principal_components(vectors: torch.Tensor, dim: int, std: float) -> torch.Tensor:
+    """(N, dim): `vectors` (N, d) centred and projected on their `dim` leading principal directions (zero
+    columns where d < dim), scaled so that the whole has standard deviation `std`. Items alike in `vectors`
+    start alike; the spread of the leading directions is kept."""
+    centred = vectors.double() - vectors.double().mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    projected = centred @ directions[:dim].T
+    out = projected.new_zeros(vectors.shape[0], dim)
+    out[:, :projected.shape[1]] = projected
+    return (out * (std / out.std().clamp_min(1e-12))).to(vectors.dtype)
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -174,9 +188,14 @@ class SequentialRanker(nn.Module):
             if side_embeddings is None or side_embeddings.shape != (cfg.num_items + 1, cfg.side_dim):
                 raise ValueError(f"side_dim={cfg.side_dim} needs side embeddings of shape "
                                  f"({cfg.num_items + 1}, {cfg.side_dim})")
-            if cfg.side_mode not in ("add", "gate"):
-                raise ValueError(f"side_mode must be 'add' or 'gate', not {cfg.side_mode!r}")
+            if cfg.side_mode not in ("add", "gate", "init"):
+                raise ValueError(f"side_mode must be 'add', 'gate' or 'init', not {cfg.side_mode!r}")
+            if cfg.side_mode == "init" and (cfg.align_weight or cfg.id_dropout or cfg.side_loss_weight
+                                            or cfg.cold_head_share):
+                raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout, "
+                                 "side_loss_weight and cold_head_share need a fused side path ('add' or 'gate')")
             self.register_buffer("side", side_embeddings.float().clone())
+        if cfg.side_dim and cfg.side_mode != "init":
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
             if cfg.side_mode == "gate":
                 self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
@@ -185,6 +204,9 @@ class SequentialRanker(nn.Module):
         elif cfg.cold_head_share:
             raise ValueError("cold_head_share needs side embeddings (side_dim > 0)")
         self.apply(self._init)
+        if cfg.side_dim and cfg.side_mode == "init":
+            with torch.no_grad():
+                self.item_emb.weight[1:] = principal_components(self.side[1:], cfg.dim, std=0.02)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -212,7 +234,7 @@ class SequentialRanker(nn.Module):
         if self._frozen_tables is not None:
             return self._frozen_tables
         table = self.item_emb.weight
-        if not self.cfg.side_dim:
+        if not self.cfg.side_dim or self.cfg.side_mode == "init":
             return table, table
         side = self.side_proj(self.side)
         cold = self.cold

@@ -219,3 +219,22 @@ def test_the_cold_offset_moves_cold_candidates_scores_alone_in_every_scoring_pat
         assert torch.allclose(offset(history)[:, -1], offset.score_last(history), atol=1e-5)
         hidden = offset.prefill(history).hidden  # the serving path scores kept hidden states
         assert torch.allclose(offset.scores(hidden), offset.score_last(history), atol=1e-5)
+
+
+def test_side_mode_init_seeds_the_id_table_with_the_side_vectors_and_is_otherwise_id_only():
+    torch.manual_seed(0)
+    groups = torch.randn(3, 12)
+    side = torch.cat([torch.zeros(1, 12), groups.repeat_interleave(10, 0) + 0.05 * torch.randn(30, 12)])
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=12, side_mode="init")
+    model = SequentialRanker(cfg, side)
+    table = model.item_emb.weight
+    assert not hasattr(model, "side_proj")
+    assert torch.equal(model.item_table(), table) and torch.equal(model.candidate_table(), table)
+    assert table[1:].std().item() == pytest.approx(0.02, rel=1e-3)
+    similarity = torch.nn.functional.normalize(table[1:], dim=1) @ torch.nn.functional.normalize(table[1:], dim=1).T
+    same = torch.block_diag(*[torch.ones(10, 10, dtype=torch.bool)] * 3)
+    assert similarity[same].mean() > 0.9 > 0.0 > similarity[~same].mean()  # items alike in knowledge start alike
+    plain = SequentialRanker(RankerConfig(num_items=30, max_len=8, dim=16, heads=2))
+    assert set(model.state_dict()) == set(plain.state_dict()) | {"side", "cold"}
+    with pytest.raises(ValueError, match="only seeds the ID table"):
+        SequentialRanker(RankerConfig(num_items=30, side_dim=12, side_mode="init", id_dropout=0.2), side)
