@@ -304,7 +304,8 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
         extras = None
     result = train_ranker(data, replace(cfg, seed=seed), progress=False, side_embeddings=side,
                           cold_items=None if cold is None or not cold.size else cold.tolist(),
-                          extra=extras and extras["train"], valid_extra=extras and extras["valid"])
+                          extra=extras and extras["train"], valid_extra=extras and extras["valid"],
+                          on_epoch=lambda row: print(epoch_line(arm.name, seed, cfg.epochs, row), flush=True))
     scorer = _scored_once(model_scorer(result.model, result.device, extras and extras["test"]))  # the sweep reuses it
     ranks = rank_users(data, scorer, "test")
     sweep, sweep_ranks = None, None  # what each step of the cold items' reach costs, user by user
@@ -318,6 +319,13 @@ def train_run(data: SequenceData, arm: Arm, seed: int, epochs: int | None, devic
             "device": result.device, "valid": result.valid, "test": metrics_from_ranks(ranks),
             "ranks": ranks.astype(int).tolist(), "knowledge": knowledge, "cold_offsets": sweep,
             "cold_offset_ranks": sweep_ranks}
+
+
+def epoch_line(arm: str, seed: int, epochs: int, row: dict[str, float]) -> str:
+    """One progress line per trained epoch of a run (runs train without a bar, often several at once)."""
+    valid = f", valid NDCG@10 {row['valid_NDCG@10']:.4f}" if "valid_NDCG@10" in row else ""
+    return (f"  {arm} seed {seed}: epoch {row['epoch']:.0f}/{epochs}, loss {row['loss']:.3f}{valid} "
+            f"(best {row['best']:.4f} at epoch {row['best_epoch']:.0f})")
 
 
 def _worker(job: tuple[str, str, Arm, int, int | None, str | None, str, int, float, str | None]) -> str:

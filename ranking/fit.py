@@ -60,8 +60,11 @@ def autocast_for(device: str, precision: str = "auto"):
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[], Iterable[Batch]],
         validate: Callable[[], Validation], *, epochs: int, patience: int, device: str, desc: str,
         eval_every: int = 1, max_seconds: float | None = None, progress: bool = True,
-        precision: str = "auto") -> FitResult:
-    """Train `model` for at most `epochs`; the model ends in eval mode with the best epoch's weights."""
+        precision: str = "auto", on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+    """Train `model` for at most `epochs`; the model ends in eval mode with the best epoch's weights.
+
+    `on_epoch`, when given, receives each epoch's history row with the best score so far and its epoch
+    (`best`, `best_epoch`): progress where no bar is shown, e.g. from runs in worker processes."""
     best: Validation | None = None
     best_state, best_epoch = None, 0
     history: list[dict[str, float]] = []
@@ -87,6 +90,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[]
                 best, best_epoch = checked, epoch
                 best_state = copy.deepcopy(model.state_dict())
         history.append(row)
+        if on_epoch is not None:
+            on_epoch({**row, "best": best.score if best else float("nan"), "best_epoch": best_epoch})
         shown = {k: f"{v:.4f}" for k, v in row.items() if k not in ("epoch", "loss")}
         bar.set_postfix(loss=f"{row['loss']:.3f}", **shown,
                         best=f"{best.score if best else float('nan'):.4f}@{best_epoch}")

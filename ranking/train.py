@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -100,11 +100,13 @@ def model_scorer(model: SequentialRanker, device: str, extra: dict[int, np.ndarr
 def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarray] | None = None,
                  side_embeddings: torch.Tensor | None = None, users: Sequence[int] | None = None,
                  cold_items: Sequence[int] | None = None,
-                 progress: bool = True, valid_extra: dict[int, np.ndarray] | None = None) -> TrainResult:
+                 progress: bool = True, valid_extra: dict[int, np.ndarray] | None = None,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train on each user's training items; keep the epoch with the best validation NDCG@10.
 
     `extra` is each user's extra sequence while training; `valid_extra` the one used for validation
-    (default: the same), e.g. behaviours inferred from a longer history.
+    (default: the same), e.g. behaviours inferred from a longer history. `on_epoch` receives each epoch's
+    row (see `ranking.fit.fit`).
     """
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -146,6 +148,6 @@ def train_ranker(data: SequenceData, cfg: TrainConfig, extra: dict[int, np.ndarr
 
     fitted = fit(model, optimizer, batches, validate, epochs=cfg.epochs, patience=cfg.patience, device=device,
                  desc=f"train ranker (seed {cfg.seed})", eval_every=cfg.eval_every, max_seconds=cfg.max_seconds,
-                 progress=progress, precision=cfg.precision)
+                 progress=progress, precision=cfg.precision, on_epoch=on_epoch)
     best_valid = fitted.best.details if fitted.best else {}
     return TrainResult(model, model_cfg, fitted.best_epoch, best_valid, fitted.history, fitted.seconds, device)

@@ -77,6 +77,7 @@ def test_a_tiny_comparison_trains_resumes_and_writes_its_table(tmp_path, capsys)
     argv = ["--sequences", str(sequences), "--arm", f"a={tmp_path / 'a.yaml'}", "--arm", f"b={tmp_path / 'b.yaml'}",
             "--seeds", "1", "2", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
     assert main_from_args(parser.parse_args(argv)) == 0
+    assert "  b seed 2: epoch 2/2, loss " in capsys.readouterr().out  # each run shows its epochs as they end
     result = json.loads((tmp_path / "out" / "compare-synthetic-a-vs-b.json").read_text())
     assert result["arms"]["b"]["model_config"]["positions"] == "rotary"
     assert set(result["arms"]["b"]["vs_a"]) == {"all", "sparse_users", "tail_items"}
@@ -325,3 +326,12 @@ def test_the_cold_reach_is_compared_with_the_baseline_as_ranked_with_an_interval
     del rows["knowledge"]["cold_reach"]
     compare.add_cold_reach(rows, runs, [1], per_user, masks)
     assert "cold_reach" not in rows["knowledge"] and compare.cold_reach_table({"arms": rows, "slice_users": {}}) == ""
+
+
+def test_epoch_line_names_the_run_its_epoch_and_the_best_so_far():
+    from bench.compare import epoch_line
+
+    row = {"epoch": 3, "loss": 7.1234, "valid_NDCG@10": 0.10123, "best": 0.11, "best_epoch": 2}
+    assert epoch_line("knowledge-init", 2, 15, row) == \
+        "  knowledge-init seed 2: epoch 3/15, loss 7.123, valid NDCG@10 0.1012 (best 0.1100 at epoch 2)"
+    assert "valid" not in epoch_line("ids", 1, 15, {"epoch": 1, "loss": 8.0, "best": float("nan"), "best_epoch": 0})

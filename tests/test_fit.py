@@ -22,8 +22,11 @@ def test_fit_keeps_the_best_epoch_and_stops_after_patience():
         score = next(scores)
         return Validation(score, {"score": score}, details={"epoch_score": score})
 
+    seen: list[dict[str, float]] = []
     result = fit(model, optimizer, lambda: [(16, lambda: ((model(x) - y) ** 2).mean())], validate,
-                 epochs=10, patience=2, device="cpu", desc="test", progress=False)
+                 epochs=10, patience=2, device="cpu", desc="test", progress=False, on_epoch=seen.append)
+    assert [(row["epoch"], row["best"], row["best_epoch"]) for row in seen] == [(1, 0.1, 1), (2, 0.5, 2), (3, 0.5, 2),
+                                                                                  (4, 0.5, 2)]
     assert result.best_epoch == 2 and result.best.details == {"epoch_score": 0.5}
     assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]  # stopped: 2 epochs without a better score
     assert result.history[0]["loss"] > result.history[-1]["loss"] and result.history[1]["score"] == 0.5
