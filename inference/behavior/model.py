@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranking.model import Block, SequentialRanker
+from ranking.model import Block, SequentialRanker, principal_components
 
 # (keys, values) of one layer for the history: (B, heads, H, head_dim) each
 LayerCache = tuple[torch.Tensor, torch.Tensor]
@@ -83,15 +83,9 @@ class DiffusionBehaviorModel(nn.Module):
         directions, scaled to the default initialisation's spread."""
         if vectors.shape[0] != self.cfg.num_items + 1:
             raise ValueError(f"knowledge vectors have {vectors.shape[0]} rows, expected {self.cfg.num_items + 1}")
-        items = vectors[1:].float()
-        centred = items - items.mean(0, keepdim=True)
-        _, _, basis = torch.linalg.svd(centred, full_matrices=False)
-        dims = min(self.cfg.dim, basis.shape[0])
-        projected = torch.zeros(items.shape[0], self.cfg.dim)
-        projected[:, :dims] = centred @ basis[:dims].T
-        projected *= 0.02 / projected.std().clamp_min(1e-8)
         with torch.no_grad():
-            self.item_emb.weight[1:self.cfg.num_items + 1] = projected.to(self.item_emb.weight)
+            self.item_emb.weight[1:self.cfg.num_items + 1] = principal_components(
+                vectors[1:].float(), self.cfg.dim, std=0.02).to(self.item_emb.weight)
 
     # --- embeddings and masks -------------------------------------------------------------
     def _embed_history(self, history: torch.Tensor) -> torch.Tensor:
