@@ -59,6 +59,11 @@ class RankerConfig:
             raise ValueError(f"window must be ≥ 0, got {self.window}")
 
     @property
+    def fuses_side(self) -> bool:
+        """True when side vectors are fused into the item tables (not only seeding the ID table, or absent)."""
+        return bool(self.side_dim) and self.side_mode != "init"
+
+    @property
     def receptive_field(self) -> int:
         """How many latest items the last hidden state depends on (max_len when unwindowed)."""
         return min(self.max_len, self.layers * (self.window - 1) + 1) if self.window else self.max_len
@@ -195,7 +200,7 @@ class SequentialRanker(nn.Module):
                 raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout, "
                                  "side_loss_weight and cold_head_share need a fused side path ('add' or 'gate')")
             self.register_buffer("side", side_embeddings.float().clone())
-        if cfg.side_dim and cfg.side_mode != "init":
+        if cfg.fuses_side:
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
             if cfg.side_mode == "gate":
                 self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
@@ -234,7 +239,7 @@ class SequentialRanker(nn.Module):
         if self._frozen_tables is not None:
             return self._frozen_tables
         table = self.item_emb.weight
-        if not self.cfg.side_dim or self.cfg.side_mode == "init":
+        if not self.cfg.fuses_side:
             return table, table
         side = self.side_proj(self.side)
         cold = self.cold
