@@ -7,7 +7,8 @@ The backbone every ablation shares. Two optional inputs, off by default:
   ID embeddings on the input and (unless `side_output` is off, when warm candidates are scored by their ID
   embedding alone) the output side: added (`side_mode="add"`) or mixed by a
   learned per-dimension gate (`"gate"`), or (`"init"`) used only to seed the ID table before training (its
-  leading principal components, at the ID embeddings' own scale), the model then being ID-only;
+  leading principal components, at the ID embeddings' own scale), the model then being ID-only but for
+  an optional cold head;
   `align_weight` > 0 adds a contrastive (InfoNCE) loss pulling each item's ID embedding towards its
   projected side vector, and `side_loss_weight` > 0 a second next-item loss scored against the projected
   side vectors alone (the candidates cold items are). Items in
@@ -195,19 +196,18 @@ class SequentialRanker(nn.Module):
                                  f"({cfg.num_items + 1}, {cfg.side_dim})")
             if cfg.side_mode not in ("add", "gate", "init"):
                 raise ValueError(f"side_mode must be 'add', 'gate' or 'init', not {cfg.side_mode!r}")
-            if cfg.side_mode == "init" and (cfg.align_weight or cfg.id_dropout or cfg.side_loss_weight
-                                            or cfg.cold_head_share):
-                raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout, "
-                                 "side_loss_weight and cold_head_share need a fused side path ('add' or 'gate')")
+            if cfg.side_mode == "init" and (cfg.align_weight or cfg.id_dropout or cfg.side_loss_weight):
+                raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout and "
+                                 "side_loss_weight need a fused side path ('add' or 'gate')")
             self.register_buffer("side", side_embeddings.float().clone())
+        elif cfg.cold_head_share:
+            raise ValueError("cold_head_share needs side embeddings (side_dim > 0)")
         if cfg.fuses_side:
             self.side_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
             if cfg.side_mode == "gate":
                 self.side_gate = nn.Linear(2 * cfg.dim, cfg.dim)
-            if cfg.cold_head_share:
-                self.cold_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
-        elif cfg.cold_head_share:
-            raise ValueError("cold_head_share needs side embeddings (side_dim > 0)")
+        if cfg.cold_head_share:
+            self.cold_proj = nn.Linear(cfg.side_dim, cfg.dim, bias=False)
         self.apply(self._init)
         if cfg.side_dim and cfg.side_mode == "init":
             with torch.no_grad():
@@ -240,7 +240,7 @@ class SequentialRanker(nn.Module):
             return self._frozen_tables
         table = self.item_emb.weight
         if not self.cfg.fuses_side:
-            return table, table
+            return table, self.with_cold_head(table)
         side = self.side_proj(self.side)
         cold = self.cold
         if self.training and self.cfg.id_dropout:  # simulate cold items so the side path stands on its own
@@ -252,9 +252,14 @@ class SequentialRanker(nn.Module):
         else:
             fused = ids + side
         candidates = fused if self.cfg.side_output else torch.where(cold[:, None], fused, table)
-        if self.cfg.cold_head_share:
-            candidates = torch.where(self.cold[:, None], self.cold_proj(self.side), candidates)
-        return fused, candidates
+        return fused, self.with_cold_head(candidates)
+
+    def with_cold_head(self, candidates: torch.Tensor) -> torch.Tensor:
+        """`candidates` with each cold item's row replaced by the cold head's projection of its side vector
+        (unchanged without a cold head)."""
+        if not self.cfg.cold_head_share:
+            return candidates
+        return torch.where(self.cold[:, None], self.cold_proj(self.side), candidates)
 
     def item_table(self) -> torch.Tensor:
         """(N+1, dim) item representations as the transformer's inputs."""

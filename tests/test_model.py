@@ -167,10 +167,11 @@ def test_a_frozen_ranker_reuses_its_item_table_until_trained_again():
         assert torch.allclose(model.eval().score_last(history), frozen, atol=1e-6)
 
 
-def test_the_cold_head_scores_cold_candidates_and_learns_without_moving_the_warm_model():
+@pytest.mark.parametrize("side_mode", ["gate", "init"])  # init: the knowledge-seeded ID table and a cold head
+def test_the_cold_head_scores_cold_candidates_and_learns_without_moving_the_warm_model(side_mode):
     torch.manual_seed(0)
     side, cold = torch.randn(31, 5), torch.tensor([4, 9])
-    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode="gate", side_output=False,
+    cfg = RankerConfig(num_items=30, max_len=8, dim=16, heads=2, side_dim=5, side_mode=side_mode, side_output=False,
                        dropout=0.0, cold_head_share=1.0)  # every candidate through the head: the loss is exact
     model = SequentialRanker(cfg, side, cold).train()  # training: cold candidates are out of the softmax
     plain = SequentialRanker(replace(cfg, cold_head_share=0.0), side, cold).train()
@@ -238,3 +239,5 @@ def test_side_mode_init_seeds_the_id_table_with_the_side_vectors_and_is_otherwis
     assert set(model.state_dict()) == set(plain.state_dict()) | {"side", "cold"}
     with pytest.raises(ValueError, match="only seeds the ID table"):
         SequentialRanker(RankerConfig(num_items=30, side_dim=12, side_mode="init", id_dropout=0.2), side)
+    with_head = SequentialRanker(replace(cfg, cold_head_share=0.2), side, torch.tensor([4]))
+    assert torch.equal(with_head.item_table(), with_head.item_emb.weight)  # inputs stay the ID table, cold or not
