@@ -58,6 +58,12 @@ class RankerConfig:
             raise ValueError(f"positions must be 'learned' or 'rotary', not {self.positions!r}")
         if self.window < 0:
             raise ValueError(f"window must be ≥ 0, got {self.window}")
+        if self.side_dim and self.side_mode not in ("add", "gate", "init"):
+            raise ValueError(f"side_mode must be 'add', 'gate' or 'init', not {self.side_mode!r}")
+        if self.side_dim and self.side_mode == "init" and (self.align_weight or self.id_dropout
+                                                           or self.side_loss_weight):
+            raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout and "
+                             "side_loss_weight need a fused side path ('add' or 'gate')")
 
     @property
     def fuses_side(self) -> bool:
@@ -194,11 +200,6 @@ class SequentialRanker(nn.Module):
             if side_embeddings is None or side_embeddings.shape != (cfg.num_items + 1, cfg.side_dim):
                 raise ValueError(f"side_dim={cfg.side_dim} needs side embeddings of shape "
                                  f"({cfg.num_items + 1}, {cfg.side_dim})")
-            if cfg.side_mode not in ("add", "gate", "init"):
-                raise ValueError(f"side_mode must be 'add', 'gate' or 'init', not {cfg.side_mode!r}")
-            if cfg.side_mode == "init" and (cfg.align_weight or cfg.id_dropout or cfg.side_loss_weight):
-                raise ValueError("side_mode 'init' only seeds the ID table: align_weight, id_dropout and "
-                                 "side_loss_weight need a fused side path ('add' or 'gate')")
             self.register_buffer("side", side_embeddings.float().clone())
         elif cfg.cold_head_share:
             raise ValueError("cold_head_share needs side embeddings (side_dim > 0)")
